@@ -1,0 +1,39 @@
+# The two commands of the README, and the pieces they are made of.
+#   make run    a local single-node swarm, then swarmkeeper against desired-state/
+#   make test   lint, types and the whole test suite against a real local swarm
+
+PYTHON ?= python3
+VENV ?= .venv
+STATE_DIR ?= desired-state
+BIN := $(VENV)/bin
+
+.PHONY: run test lint swarm-up swarm-down venv clean
+
+# The virtualenv is rebuilt when the dependency list or its pins change.
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,lint]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+swarm-up:
+	scripts/local-swarm.sh up
+
+swarm-down:
+	scripts/local-swarm.sh down
+
+run: venv swarm-up
+	$(BIN)/swarmkeeper run --state-dir $(STATE_DIR)
+
+lint: venv
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy src tests
+
+test: lint swarm-up
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

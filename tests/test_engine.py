@@ -1,0 +1,82 @@
+"""The engine adapter against the real engine: reads, and failures by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import SwarmTestBed
+from swarmkeeper.engine import Engine, EngineUnreachable
+
+pytestmark = pytest.mark.engine
+
+
+async def test_service_created_by_hand_is_read_back(swarm: SwarmTestBed) -> None:
+    swarm.create_service(
+        "web",
+        mode={"Replicated": {"Replicas": 2}},
+        env=["GREETING=hello"],
+        labels={"purpose": "read-back"},
+    )
+
+    async with Engine.connect() as engine:
+        services = await engine.list_services()
+
+    by_name = {service["Spec"]["Name"]: service for service in services}
+    spec = by_name[swarm.name("web")]["Spec"]
+    assert spec["Labels"] == {"purpose": "read-back"}
+    assert spec["Mode"] == {"Replicated": {"Replicas": 2}}
+    container = spec["TaskTemplate"]["ContainerSpec"]
+    assert container["Image"] == swarm.image
+    assert container["Env"] == ["GREETING=hello"]
+    assert container["Command"] == ["sleep", "3600"]
+
+
+async def test_service_from_the_test_image_really_runs(swarm: SwarmTestBed) -> None:
+    swarm.create_service("runner")
+
+    swarm.wait_for(
+        lambda: len(swarm.running_tasks(swarm.name("runner"))) == 1,
+        what="one running task",
+    )
+
+    async with Engine.connect() as engine:
+        names = {service["Spec"]["Name"] for service in await engine.list_services()}
+    assert swarm.name("runner") in names
+
+
+async def test_networks_and_nodes_are_listed(
+    swarm: SwarmTestBed, docker_client: Any
+) -> None:
+    docker_client.networks.create(
+        swarm.name("overlay"), driver="overlay", scope="swarm"
+    )
+
+    async with Engine.connect() as engine:
+        networks = await engine.list_networks()
+        nodes = await engine.list_nodes()
+        info = await engine.info()
+        version = await engine.version()
+
+    overlay = {n["Name"]: n for n in networks}[swarm.name("overlay")]
+    assert overlay["Driver"] == "overlay"
+    assert overlay["Scope"] == "swarm"
+    assert info["Swarm"]["NodeID"] in {node["ID"] for node in nodes}
+    assert version["ApiVersion"]
+
+
+async def test_adapter_speaks_the_engines_own_api_version(docker_client: Any) -> None:
+    # A lower version would make the engine drop newer spec fields silently.
+    async with Engine.connect() as engine:
+        await engine.version()
+        assert engine.api_version == "v" + docker_client.version()["ApiVersion"]
+
+
+async def test_missing_socket_is_reported_as_unreachable(tmp_path: Path) -> None:
+    async with Engine.connect(
+        f"unix://{tmp_path}/no-engine.sock", call_timeout=5
+    ) as engine:
+        with pytest.raises(EngineUnreachable, match="list services"):
+            await engine.list_services()
