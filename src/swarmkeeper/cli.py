@@ -121,8 +121,14 @@ def _not_built(name: str) -> Callable[[Settings, argparse.Namespace], int]:
     return command
 
 
+def _validate(settings: Settings, arguments: argparse.Namespace) -> int:
+    from swarmkeeper.commands import validate
+
+    return validate(settings, arguments)
+
+
 _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
-    "validate": _not_built("validate"),
+    "validate": _validate,
     "plan": _not_built("plan"),
     "apply": _not_built("apply"),
     "run": _not_built("run"),
@@ -153,3 +159,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _COMMANDS[arguments.command](settings, arguments)
     except KeyboardInterrupt:
         return 130
+    except Exception as error:  # the promise is: never a traceback
+        # A bug, not bad input (bad input is reported, located, by the
+        # commands). Say so in one line; the log at debug level has the rest.
+        from swarmkeeper.logs import get_logger
+
+        get_logger("swarmkeeper.cli").debug("command.crashed", exc_info=True)
+        print(
+            f"swarmkeeper: internal error in '{arguments.command}': "
+            f"{type(error).__name__}: {error} (please report this)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
