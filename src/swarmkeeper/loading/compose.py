@@ -343,7 +343,7 @@ def _interpolate_section(
 
 def _check_version(context: StackContext) -> bool:
     data = context.document.data
-    if "version" not in data:
+    if data.get("version") in (None, ""):
         context.document.data["version"] = "3.13"
         return True
     raw = data["version"]

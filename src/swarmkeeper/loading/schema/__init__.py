@@ -45,7 +45,6 @@ def _schema(version: Version) -> dict[str, Any]:
 @cache
 def _validator(version: Version) -> Any:
     from jsonschema import Draft4Validator, FormatChecker
-
     from jsonschema.validators import extend
 
     # The CLI's formats; `expose` has no checker there, so none here either.
@@ -55,7 +54,7 @@ def _validator(version: Version) -> Any:
     # The CLI's validator counts a whole-number float (replicas: 1.0) as an
     # integer; draft 4 proper does not.
     types = Draft4Validator.TYPE_CHECKER.redefine("integer", _is_integer)
-    validator_class = extend(Draft4Validator, type_checker=types)
+    validator_class = extend(Draft4Validator, type_checker=types)  # type: ignore[no-untyped-call]
     return validator_class(_schema(version), format_checker=checker)
 
 
