@@ -160,7 +160,8 @@ def parse_yaml(text: str, *, file: str, problems: Problems) -> Document | None:
         problems.error(Location(file), "", f"YAML: {error}")
         return None
 
-    document = Document(file=file, data=None)
+    # The whole document is "line 1", so every problem has a line to show.
+    document = Document(file=file, data=None, lines={(): 1})
     counter = [0]
     try:
         document.data = _plain(tree, (), document.lines, counter)

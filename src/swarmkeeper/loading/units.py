@@ -34,6 +34,8 @@ def parse_duration(value: Any) -> int:
     text = str(value).strip()
     if text in ("0", "+0", "-0"):
         return 0
+    if not text:
+        raise ValueError("an empty string is not a duration such as 10s or 1m30s")
 
     sign = 1
     if text[:1] in "+-":
@@ -48,7 +50,7 @@ def parse_duration(value: Any) -> int:
             raise ValueError(f"{value!r} is not a duration such as 10s or 1m30s")
         total += Fraction(match[1]) * _DURATION_UNITS[match[2]]
         position = match.end()
-    if not text:
+    if position == 0:
         raise ValueError(f"{value!r} is not a duration such as 10s or 1m30s")
     return sign * int(total)
 
