@@ -93,11 +93,16 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
 
-    commands.add_parser(
+    apply = commands.add_parser(
         "apply",
         parents=[common],
         help="make the swarm match the desired state once",
         description="Make the swarm match the desired state, once.",
+    )
+    apply.add_argument(
+        "--recreate-services",
+        action="store_true",
+        help="remove and create again services whose mode cannot change in place",
     )
 
     run = commands.add_parser(
@@ -121,16 +126,22 @@ def _not_built(name: str) -> Callable[[Settings, argparse.Namespace], int]:
     return command
 
 
-def _validate(settings: Settings, arguments: argparse.Namespace) -> int:
-    from swarmkeeper.commands import validate
+def _command(name: str) -> Callable[[Settings, argparse.Namespace], int]:
+    """The subcommand ``name`` from ``commands.py``, imported when it runs."""
 
-    return validate(settings, arguments)
+    def command(settings: Settings, arguments: argparse.Namespace) -> int:
+        from swarmkeeper import commands
+
+        run: Callable[[Settings, argparse.Namespace], int] = getattr(commands, name)
+        return run(settings, arguments)
+
+    return command
 
 
 _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
-    "validate": _validate,
-    "plan": _not_built("plan"),
-    "apply": _not_built("apply"),
+    "validate": _command("validate"),
+    "plan": _command("plan"),
+    "apply": _command("apply"),
     "run": _not_built("run"),
 }
 

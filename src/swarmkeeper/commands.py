@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from swarmkeeper.settings import Settings
@@ -66,3 +66,97 @@ def _compose_environment() -> dict[str, str]:
     import os
 
     return dict(os.environ)
+
+
+def _load_for_engine_command(settings: Settings) -> Any:
+    """Load the desired state for plan/apply; on problems print them, return None."""
+    from swarmkeeper.loading.problems import Problems
+    from swarmkeeper.loading.statedir import read_desired_state
+
+    problems = Problems()
+    state = read_desired_state(
+        settings.state_dir,
+        secrets_dir=settings.secrets_dir,
+        environ=_compose_environment(),
+        problems=problems,
+    )
+    for warning in problems.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if problems.errors:
+        for problem in problems.errors:
+            print(f"error: {problem}", file=sys.stderr)
+        print(
+            "swarmkeeper: the desired state does not load; nothing was changed",
+            file=sys.stderr,
+        )
+        return None
+    return state
+
+
+def plan(settings: Settings, arguments: argparse.Namespace) -> int:
+    """Show what apply would change: exit 0 in sync, 1 changes pending, 2 error."""
+    desired = _load_for_engine_command(settings)
+    if desired is None:
+        return EXIT_ERROR
+    return _run_with_engine(settings, lambda engine: _plan(engine, desired, arguments))
+
+
+async def _plan(engine: Any, desired: Any, arguments: argparse.Namespace) -> int:
+    from swarmkeeper.live import read_live_state
+    from swarmkeeper.planning import make_plan, render_json, render_text
+
+    live = await read_live_state(engine)
+    result = make_plan(desired, live)
+    render = render_json if arguments.json else render_text
+    sys.stdout.write(render(result))
+    return EXIT_OK if result.in_sync else EXIT_NO
+
+
+def apply(settings: Settings, arguments: argparse.Namespace) -> int:
+    """Make the swarm match: exit 0 matched, 1 items left alone, 2 error."""
+    desired = _load_for_engine_command(settings)
+    if desired is None:
+        return EXIT_ERROR
+    return _run_with_engine(settings, lambda engine: _apply(engine, desired, arguments))
+
+
+async def _apply(engine: Any, desired: Any, arguments: argparse.Namespace) -> int:
+    from swarmkeeper.applying import apply_plan
+    from swarmkeeper.live import read_live_state
+    from swarmkeeper.planning import make_plan, render_text
+
+    live = await read_live_state(engine)
+    result = make_plan(desired, live, recreate_services=arguments.recreate_services)
+    sys.stdout.write(render_text(result))
+    outcome = await apply_plan(engine, result, desired, live)
+
+    left_alone = [c for c in result.changes if not c.writes]
+    print(
+        f"Applied: {outcome.writes} writes, {len(outcome.failures)} failed, "
+        f"{len(left_alone)} left alone.",
+    )
+    for change, reason in outcome.failures:
+        print(f"error: {change.kind} {change.name}: {reason}", file=sys.stderr)
+    if outcome.failures:
+        return EXIT_ERROR
+    return EXIT_NO if left_alone else EXIT_OK
+
+
+def _run_with_engine(settings: Settings, body: Any) -> int:
+    """Connect, run ``body(engine)``; an engine failure becomes status 2."""
+    import asyncio
+
+    from swarmkeeper.engine import Engine, EngineError
+
+    async def main() -> int:
+        async with Engine.connect(
+            settings.docker_host, call_timeout=settings.engine_timeout
+        ) as engine:
+            result: int = await body(engine)
+            return result
+
+    try:
+        return asyncio.run(main())
+    except EngineError as error:
+        print(f"swarmkeeper: {error}", file=sys.stderr)
+        return EXIT_ERROR

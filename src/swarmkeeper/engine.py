@@ -132,20 +132,164 @@ class Engine:
         result: JSONObject = await self._call("info", self._docker.system.info())
         return result
 
-    async def list_services(self) -> list[JSONObject]:
-        result: list[JSONObject] = await self._call(
-            "list services", self._docker.services.list()
+    async def _request(
+        self,
+        what: str,
+        path: str,
+        *,
+        method: str = "GET",
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+    ) -> Any:
+        """One raw API call through aiodocker's session, with the adapter's rules.
+
+        aiodocker's wrappers cannot send a full service spec, a node spec or a
+        version-checked update; this sends exactly the JSON given.
+        """
+        return await self._call(
+            what,
+            self._docker._query_json(path, method, params=params, data=body),
         )
+
+    # -- reads: one list call per kind -----------------------------------
+
+    async def list_services(self) -> list[JSONObject]:
+        result: list[JSONObject] = await self._request("list services", "services")
         return result
 
     async def list_networks(self) -> list[JSONObject]:
-        result: list[JSONObject] = await self._call(
-            "list networks", self._docker.networks.list()
-        )
+        result: list[JSONObject] = await self._request("list networks", "networks")
         return result
 
     async def list_nodes(self) -> list[JSONObject]:
-        result: list[JSONObject] = await self._call(
-            "list nodes", self._docker.nodes.list()
+        result: list[JSONObject] = await self._request("list nodes", "nodes")
+        return result
+
+    async def list_configs(self) -> list[JSONObject]:
+        result: list[JSONObject] = await self._request("list configs", "configs")
+        return result
+
+    async def list_secrets(self) -> list[JSONObject]:
+        result: list[JSONObject] = await self._request("list secrets", "secrets")
+        return result
+
+    async def inspect_service(self, service_id: str) -> JSONObject:
+        result: JSONObject = await self._request(
+            f"inspect service {service_id}", f"services/{service_id}"
         )
         return result
+
+    async def inspect_node(self, node_id: str) -> JSONObject:
+        result: JSONObject = await self._request(
+            f"inspect node {node_id}", f"nodes/{node_id}"
+        )
+        return result
+
+    # -- writes -----------------------------------------------------------
+
+    async def create_service(self, spec: JSONObject) -> str:
+        """Create a service from a full spec; returns its ID."""
+        name = spec.get("Name", "?")
+        result = await self._request(
+            f"create service {name}", "services/create", method="POST", body=spec
+        )
+        return str(result["ID"])
+
+    async def update_service(
+        self, service_id: str, *, version: int, spec: JSONObject
+    ) -> None:
+        """Replace a service's whole spec, if it is still at ``version``.
+
+        A stale version raises OutOfSequence: re-read and decide again.
+        """
+        await self._request(
+            f"update service {spec.get('Name', service_id)}",
+            f"services/{service_id}/update",
+            method="POST",
+            params={"version": version},
+            body=spec,
+        )
+
+    async def remove_service(self, service_id: str) -> None:
+        await self._request(
+            f"remove service {service_id}", f"services/{service_id}", method="DELETE"
+        )
+
+    async def create_network(self, name: str, body: JSONObject) -> str:
+        result = await self._request(
+            f"create network {name}",
+            "networks/create",
+            method="POST",
+            body={"Name": name, "CheckDuplicate": True, **body},
+        )
+        return str(result["Id"])
+
+    async def remove_network(self, network_id: str) -> None:
+        await self._request(
+            f"remove network {network_id}", f"networks/{network_id}", method="DELETE"
+        )
+
+    async def create_config(
+        self,
+        name: str,
+        *,
+        data: bytes,
+        labels: dict[str, str],
+        templating: JSONObject | None = None,
+    ) -> str:
+        return await self._create_blob("configs", name, data, labels, templating)
+
+    async def create_secret(
+        self,
+        name: str,
+        *,
+        data: bytes,
+        labels: dict[str, str],
+        templating: JSONObject | None = None,
+    ) -> str:
+        return await self._create_blob("secrets", name, data, labels, templating)
+
+    async def _create_blob(
+        self,
+        kind: str,
+        name: str,
+        data: bytes,
+        labels: dict[str, str],
+        templating: JSONObject | None,
+    ) -> str:
+        import base64
+
+        body: JSONObject = {
+            "Name": name,
+            "Labels": labels,
+            "Data": base64.b64encode(data).decode("ascii"),
+        }
+        if templating:
+            body["Templating"] = templating
+        # The "what" names the object, never its data.
+        result = await self._request(
+            f"create {kind[:-1]} {name}", f"{kind}/create", method="POST", body=body
+        )
+        return str(result["ID"])
+
+    async def remove_config(self, config_id: str) -> None:
+        await self._request(
+            f"remove config {config_id}", f"configs/{config_id}", method="DELETE"
+        )
+
+    async def remove_secret(self, secret_id: str) -> None:
+        await self._request(
+            f"remove secret {secret_id}", f"secrets/{secret_id}", method="DELETE"
+        )
+
+    async def update_node(
+        self, node_id: str, *, version: int, spec: JSONObject
+    ) -> None:
+        """Replace a node's whole spec (labels, role, availability) at ``version``."""
+        await self._request(
+            f"update node {node_id}",
+            f"nodes/{node_id}/update",
+            method="POST",
+            params={"version": version},
+            body=spec,
+        )

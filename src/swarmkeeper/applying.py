@@ -1,0 +1,274 @@
+"""Carrying out a plan: the writes, in order, each checked against its version.
+
+Phases run one after the other, since each needs the previous: networks,
+then configs and secrets, then node labels, then services. Within a phase
+independent objects are written concurrently, at most ``concurrency`` at a
+time.
+
+Every update carries the version it was computed from. When the engine
+answers "update out of sequence" (someone else wrote in between: a person,
+the allocator, the updater), the object is read again, the difference
+recomputed, and the write retried with jittered back-off; if the difference
+is gone, nothing is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from swarmkeeper.desired import (
+    DesiredBlob,
+    DesiredNetwork,
+    DesiredService,
+    DesiredState,
+)
+from swarmkeeper.diffing import canonical_service, field_changes
+from swarmkeeper.engine import Engine, EngineError, OutOfSequence
+from swarmkeeper.live import MANAGED_LABEL, LiveState
+from swarmkeeper.logs import get_logger
+from swarmkeeper.planning import (
+    ADOPT,
+    CREATE,
+    RECREATE,
+    UPDATE,
+    Change,
+    Plan,
+    managed_service_spec,
+    node_labels_after,
+    update_body,
+)
+
+JSONObject = dict[str, Any]
+
+log = get_logger("swarmkeeper.applying")
+
+MAX_ATTEMPTS = 5
+BASE_DELAY = 0.05
+
+
+@dataclass
+class ApplyResult:
+    """What apply did: writes made and failures, each failure with its reason."""
+
+    writes: int = 0
+    failures: list[tuple[Change, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+class _References:
+    """Names to IDs for networks, configs and secrets, as services need them."""
+
+    def __init__(self, live: LiveState) -> None:
+        self.networks = {name: n["Id"] for name, n in live.networks.items()}
+        self.configs = {name: c["ID"] for name, c in live.configs.items()}
+        self.secrets = {name: s["ID"] for name, s in live.secrets.items()}
+
+    def resolve(self, spec: JSONObject) -> JSONObject:
+        """A copy of ``spec`` with every name the engine needs as an ID replaced."""
+        spec = copy.deepcopy(spec)
+        template = spec["TaskTemplate"]
+        for attachment in template.get("Networks") or []:
+            name = attachment["Target"]
+            if name not in self.networks:
+                raise LookupError(f"network {name!r} does not exist")
+            attachment["Target"] = self.networks[name]
+        container = template["ContainerSpec"]
+        for reference in container.get("Configs") or []:
+            reference["ConfigID"] = self._lookup(
+                self.configs, "config", reference["ConfigName"]
+            )
+        for reference in container.get("Secrets") or []:
+            reference["SecretID"] = self._lookup(
+                self.secrets, "secret", reference["SecretName"]
+            )
+        return spec
+
+    @staticmethod
+    def _lookup(ids: dict[str, str], kind: str, name: str) -> str:
+        if name not in ids:
+            raise LookupError(f"{kind} {name!r} does not exist")
+        return ids[name]
+
+
+async def apply_plan(
+    engine: Engine,
+    plan: Plan,
+    desired: DesiredState,
+    live: LiveState,
+    *,
+    concurrency: int = 8,
+) -> ApplyResult:
+    """Make every write the plan calls for; failures are collected, not raised."""
+    result = ApplyResult()
+    references = _References(live)
+    limit = asyncio.Semaphore(concurrency)
+
+    async def run(change: Change, write: Callable[[], Awaitable[int]]) -> None:
+        async with limit:
+            try:
+                # Awaited first, then added: `+=` would read the total before
+                # the await and lose the other tasks' writes.
+                made = await write()
+                result.writes += made
+            except (EngineError, LookupError) as error:
+                result.failures.append((change, str(error)))
+                log.error(
+                    f"{change.kind}.{change.action}.failed",
+                    object=change.name,
+                    error=str(error),
+                )
+
+    phases: list[tuple[str, ...]] = [
+        ("network",),
+        ("config", "secret"),
+        ("node",),
+        ("service",),
+    ]
+    for kinds in phases:
+        todo = [c for c in plan.changes if c.kind in kinds and c.writes]
+        async with asyncio.TaskGroup() as group:
+            for change in todo:
+                write = _writer(engine, change, desired, references)
+                group.create_task(run(change, write))
+    return result
+
+
+def _writer(
+    engine: Engine, change: Change, desired: DesiredState, references: _References
+) -> Callable[[], Awaitable[int]]:
+    if change.kind == "network":
+        return lambda: _create_network(engine, change, references)
+    if change.kind in ("config", "secret"):
+        return lambda: _create_blob(engine, change, references)
+    if change.kind == "node":
+        return lambda: _update_node(engine, change, desired)
+    return lambda: _write_service(engine, change, references)
+
+
+async def _create_network(
+    engine: Engine, change: Change, references: _References
+) -> int:
+    network: DesiredNetwork = change.desired
+    body = copy.deepcopy(network.create)
+    body["Labels"] = {**body.get("Labels", {}), MANAGED_LABEL: "true"}
+    network_id = await engine.create_network(network.name, body)
+    references.networks[network.name] = network_id
+    log.info("network.created", network=network.name, id=network_id)
+    return 1
+
+
+async def _create_blob(engine: Engine, change: Change, references: _References) -> int:
+    blob: DesiredBlob = change.desired
+    labels = {**blob.labels, MANAGED_LABEL: "true"}
+    if blob.kind == "config":
+        blob_id = await engine.create_config(
+            blob.name, data=blob.data, labels=labels, templating=blob.templating
+        )
+        references.configs[blob.name] = blob_id
+    else:
+        blob_id = await engine.create_secret(
+            blob.name, data=blob.data, labels=labels, templating=blob.templating
+        )
+        references.secrets[blob.name] = blob_id
+    # The digest prefix identifies the content without revealing it.
+    log.info(f"{blob.kind}.created", name=blob.name, sha256=blob.digest[:10])
+    return 1
+
+
+async def _update_node(engine: Engine, change: Change, desired: DesiredState) -> int:
+    node: JSONObject = change.live or {}
+    for attempt in range(MAX_ATTEMPTS):
+        labels = node_labels_after(desired, node)
+        if labels == (node["Spec"].get("Labels") or {}):
+            return 0
+        spec = copy.deepcopy(node["Spec"])
+        spec["Labels"] = labels
+        try:
+            await engine.update_node(
+                node["ID"], version=node["Version"]["Index"], spec=spec
+            )
+        except OutOfSequence:
+            await _back_off(attempt, change)
+            node = await engine.inspect_node(node["ID"])
+            continue
+        log.info(
+            "node.labels.updated",
+            node=change.name,
+            changed=[f.path for f in change.fields],
+        )
+        return 1
+    raise EngineError(
+        f"node {change.name}: still out of sequence after {MAX_ATTEMPTS} tries"
+    )
+
+
+async def _write_service(
+    engine: Engine, change: Change, references: _References
+) -> int:
+    service: DesiredService = change.desired
+    if change.action == CREATE:
+        service_id = await engine.create_service(
+            references.resolve(managed_service_spec(service))
+        )
+        log.info("service.created", service=service.name, id=service_id)
+        return 1
+
+    live: JSONObject = change.live or {}
+    if change.action == RECREATE:
+        await engine.remove_service(live["ID"])
+        service_id = await engine.create_service(
+            references.resolve(managed_service_spec(service))
+        )
+        log.info("service.recreated", service=service.name, id=service_id)
+        return 2
+
+    assert change.action in (UPDATE, ADOPT)
+    for attempt in range(MAX_ATTEMPTS):
+        body = references.resolve(update_body(service, live))
+        try:
+            await engine.update_service(
+                live["ID"], version=live["Version"]["Index"], spec=body
+            )
+        except OutOfSequence:
+            await _back_off(attempt, change)
+            live = await engine.inspect_service(live["ID"])
+            if not _still_differs(service, live, references):
+                return 0
+            continue
+        log.info(
+            "service.adopted" if change.action == ADOPT else "service.updated",
+            service=service.name,
+            changed=[f.path for f in change.fields],
+        )
+        return 1
+    raise EngineError(
+        f"service {service.name}: still out of sequence after {MAX_ATTEMPTS} tries"
+    )
+
+
+def _still_differs(
+    service: DesiredService, live: JSONObject, references: _References
+) -> bool:
+    names = {network_id: name for name, network_id in references.networks.items()}
+    have = canonical_service(live["Spec"], network_names=names)
+    want = canonical_service(managed_service_spec(service), network_names={})
+    return any(True for _ in field_changes(have, want))
+
+
+async def _back_off(attempt: int, change: Change) -> None:
+    delay = BASE_DELAY * (2**attempt) * (0.5 + random.random())  # jitter, not crypto
+    log.warning(
+        "write.out_of_sequence",
+        kind=change.kind,
+        object=change.name,
+        retry_in=round(delay, 3),
+    )
+    await asyncio.sleep(delay)
