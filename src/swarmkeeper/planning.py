@@ -411,6 +411,16 @@ def _plan_services(
         reason = (
             "" if owned else "made by docker stack deploy; swarmkeeper takes it over"
         )
+        moves = [
+            f.path.rsplit(".", 1)[-1].lower()
+            for f in fields
+            if f.path.endswith(("ContainerSpec.Configs", "ContainerSpec.Secrets"))
+        ]
+        if not owned and moves:
+            reason += (
+                f"; its {' and '.join(moves)} move to content-addressed names, "
+                "which restarts its tasks once"
+            )
         if set(have["Mode"]) != set(want["Mode"]):
             action = RECREATE
             reason = "the engine cannot change a service's mode in place; " + (
