@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,12 +35,17 @@ from swarmkeeper.logs import get_logger
 from swarmkeeper.planning import (
     ADOPT,
     CREATE,
+    FAILED_AT_LABEL,
+    FAILED_SPEC_LABEL,
+    RECORD_FAILURE,
     RECREATE,
+    REMOVE,
     UPDATE,
     Change,
     Plan,
     managed_service_spec,
     node_labels_after,
+    spec_hash,
     update_body,
 )
 
@@ -126,14 +132,20 @@ async def apply_plan(
                     error=str(error),
                 )
 
-    phases: list[tuple[str, ...]] = [
-        ("network",),
-        ("config", "secret"),
-        ("node",),
-        ("service",),
+    # Creations and updates first, in dependency order; removals last and in
+    # the opposite order (services free the configs and networks they used).
+    creating = [c for c in plan.changes if c.writes and c.action != REMOVE]
+    removing = [c for c in plan.changes if c.action == REMOVE]
+    phases: list[list[Change]] = [
+        [c for c in creating if c.kind == "network"],
+        [c for c in creating if c.kind in ("config", "secret")],
+        [c for c in creating if c.kind == "node"],
+        [c for c in creating if c.kind == "service"],
+        [c for c in removing if c.kind == "service"],
+        [c for c in removing if c.kind in ("config", "secret")],
+        [c for c in removing if c.kind == "network"],
     ]
-    for kinds in phases:
-        todo = [c for c in plan.changes if c.kind in kinds and c.writes]
+    for todo in phases:
         async with asyncio.TaskGroup() as group:
             for change in todo:
                 write = _writer(engine, change, desired, references)
@@ -144,6 +156,12 @@ async def apply_plan(
 def _writer(
     engine: Engine, change: Change, desired: DesiredState, references: _References
 ) -> Callable[[], Awaitable[int]]:
+    if change.action == REMOVE:
+        return lambda: _remove(engine, change)
+    if change.action == RECORD_FAILURE:
+        return lambda: _record_failure(engine, change)
+    if change.kind == "network" and change.action == RECREATE:
+        return lambda: _recreate_network(engine, change, references)
     if change.kind == "network":
         return lambda: _create_network(engine, change, references)
     if change.kind in ("config", "secret"):
@@ -162,6 +180,69 @@ async def _create_network(
     network_id = await engine.create_network(network.name, body)
     references.networks[network.name] = network_id
     log.info("network.created", network=network.name, id=network_id)
+    return 1
+
+
+async def _recreate_network(
+    engine: Engine, change: Change, references: _References
+) -> int:
+    """Remove the live network (the old ingress, or a changed one), then create."""
+    if change.live is not None:
+        await engine.remove_network(change.live["Id"])
+        log.info(
+            "network.removed", network=change.live.get("Name"), reason=change.reason
+        )
+        # The engine frees a removed network's resources in the background;
+        # creating the new one (an ingress network above all) can race it.
+        await _wait_until_gone(engine, change.live["Id"])
+    return 1 + await _create_network(engine, change, references)
+
+
+NETWORK_REMOVAL_WAIT = 30.0  # seconds
+
+
+async def _wait_until_gone(engine: Engine, network_id: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + NETWORK_REMOVAL_WAIT
+    while loop.time() < deadline:
+        if not any(n.get("Id") == network_id for n in await engine.list_networks()):
+            return
+        await asyncio.sleep(0.2)
+    raise EngineError(
+        f"network {network_id} still exists {NETWORK_REMOVAL_WAIT:g}s after removal"
+    )
+
+
+async def _remove(engine: Engine, change: Change) -> int:
+    live: JSONObject = change.live or {}
+    if change.kind == "service":
+        await engine.remove_service(live["ID"])
+    elif change.kind == "config":
+        await engine.remove_config(live["ID"])
+    elif change.kind == "secret":
+        await engine.remove_secret(live["ID"])
+    else:
+        await engine.remove_network(live["Id"])
+    log.info(f"{change.kind}.removed", name=change.name, reason=change.reason)
+    return 1
+
+
+async def _record_failure(engine: Engine, change: Change) -> int:
+    """Label a rolled-back service with the failed spec's hash (no task restart)."""
+    live: JSONObject = change.live or {}
+    service: DesiredService = change.desired
+    spec = copy.deepcopy(live["Spec"])
+    spec["Labels"] = {
+        **(spec.get("Labels") or {}),
+        FAILED_SPEC_LABEL: spec_hash(managed_service_spec(service)),
+        FAILED_AT_LABEL: str(int(time.time())),
+    }
+    await engine.update_service(live["ID"], version=live["Version"]["Index"], spec=spec)
+    log.warning(
+        "service.update.rolled_back",
+        service=change.name,
+        failed_spec=spec["Labels"][FAILED_SPEC_LABEL],
+    )
     return 1
 
 

@@ -99,11 +99,23 @@ def _build_parser() -> argparse.ArgumentParser:
         help="make the swarm match the desired state once",
         description="Make the swarm match the desired state, once.",
     )
-    apply.add_argument(
-        "--recreate-services",
-        action="store_true",
-        help="remove and create again services whose mode cannot change in place",
-    )
+    for command in (plan, apply):
+        command.add_argument(
+            "--recreate-services",
+            action="store_true",
+            help="remove and create again services whose mode cannot change in place",
+        )
+        command.add_argument(
+            "--recreate-networks",
+            action="store_true",
+            help="re-create networks whose fixed properties changed, and replace "
+            "the ingress network, when no service is in the way",
+        )
+        command.add_argument(
+            "--allow-mass-prune",
+            action="store_true",
+            help="remove owned objects even when a prune guard would hold them",
+        )
 
     run = commands.add_parser(
         "run",

@@ -106,7 +106,7 @@ async def _plan(engine: Any, desired: Any, arguments: argparse.Namespace) -> int
     from swarmkeeper.planning import make_plan, render_json, render_text
 
     live = await read_live_state(engine)
-    result = make_plan(desired, live)
+    result = make_plan(desired, live, _plan_options(arguments))
     render = render_json if arguments.json else render_text
     sys.stdout.write(render(result))
     return EXIT_OK if result.in_sync else EXIT_NO
@@ -126,7 +126,7 @@ async def _apply(engine: Any, desired: Any, arguments: argparse.Namespace) -> in
     from swarmkeeper.planning import make_plan, render_text
 
     live = await read_live_state(engine)
-    result = make_plan(desired, live, recreate_services=arguments.recreate_services)
+    result = make_plan(desired, live, _plan_options(arguments))
     sys.stdout.write(render_text(result))
     outcome = await apply_plan(engine, result, desired, live)
 
@@ -140,6 +140,20 @@ async def _apply(engine: Any, desired: Any, arguments: argparse.Namespace) -> in
     if outcome.failures:
         return EXIT_ERROR
     return EXIT_NO if left_alone else EXIT_OK
+
+
+def _plan_options(arguments: argparse.Namespace) -> Any:
+    """The operator's permissions from the command line (plan shows the same)."""
+    import time
+
+    from swarmkeeper.planning import PlanOptions
+
+    return PlanOptions(
+        recreate_services=getattr(arguments, "recreate_services", False),
+        recreate_networks=getattr(arguments, "recreate_networks", False),
+        allow_mass_prune=getattr(arguments, "allow_mass_prune", False),
+        now=time.time(),
+    )
 
 
 def _run_with_engine(settings: Settings, body: Any) -> int:

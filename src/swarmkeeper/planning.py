@@ -14,6 +14,7 @@ is a separate decision with its own guards.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,9 +45,18 @@ JSONObject = dict[str, Any]
 CREATE = "create"
 UPDATE = "update"
 ADOPT = "adopt"
-RECREATE = "recreate"  # only with --recreate-services
+RECREATE = "recreate"  # only with --recreate-services / --recreate-networks
+REMOVE = "remove"  # pruning: owned, no longer desired, every guard agrees
 CONFLICT = "conflict"  # an object swarmkeeper does not own is in the way
-BLOCKED = "blocked"  # a difference this pass cannot or will not fix
+BLOCKED = "blocked"  # a difference this pass cannot fix
+HELD = "held"  # a change deliberately not made: a prune guard, a failed spec
+RECORD_FAILURE = "record-failure"  # label a service whose update the engine undid
+
+# On a service: the hash of the desired spec whose update the engine rolled
+# back or paused, and when (seconds since the epoch). Kept on the service so
+# that another manager's instance sees it after a failover.
+FAILED_SPEC_LABEL = "swarmkeeper.failed-spec"
+FAILED_AT_LABEL = "swarmkeeper.failed-at"
 
 # The order apply works in: what services need exists before them.
 KIND_ORDER = ("network", "config", "secret", "node", "service")
@@ -70,13 +80,27 @@ class Change:
 
     @property
     def writes(self) -> bool:
-        return self.action in (CREATE, UPDATE, ADOPT, RECREATE)
+        return self.action in (CREATE, UPDATE, ADOPT, RECREATE, REMOVE, RECORD_FAILURE)
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """What an operator allows beyond in-place convergence."""
+
+    recreate_services: bool = False
+    recreate_networks: bool = False
+    allow_mass_prune: bool = False
+    # Seconds a spec the engine rolled back is held before it is tried again.
+    failed_spec_backoff: float = 600.0
+    now: float = 0.0  # seconds since the epoch; the caller's clock
 
 
 @dataclass(frozen=True)
 class Plan:
     changes: tuple[Change, ...] = ()
     notes: tuple[str, ...] = ()
+    # Kinds whose pruning a guard refused in this plan, and how many objects.
+    prune_refused: dict[str, int] = field(default_factory=dict)
 
     @property
     def in_sync(self) -> bool:
@@ -98,27 +122,110 @@ def managed_service_spec(service: DesiredService) -> JSONObject:
 
 
 def make_plan(
-    desired: DesiredState, live: LiveState, *, recreate_services: bool = False
+    desired: DesiredState, live: LiveState, options: PlanOptions | None = None
 ) -> Plan:
     """Everything that differs, in the order it would be applied."""
+    from swarmkeeper.pruning import decide_pruning
+
+    options = options or PlanOptions()
     changes: list[Change] = []
     notes: list[str] = []
 
-    changes.extend(_plan_networks(desired, live))
+    changes.extend(_plan_networks(desired, live, options))
     changes.extend(_plan_blobs(desired, live, "config"))
     changes.extend(_plan_blobs(desired, live, "secret"))
     node_changes, node_notes = _plan_nodes(desired, live)
     changes.extend(node_changes)
     notes.extend(node_notes)
-    changes.extend(_plan_services(desired, live, recreate_services=recreate_services))
+    changes.extend(_plan_services(desired, live, options))
 
-    return Plan(changes=tuple(changes), notes=tuple(notes))
+    refused: dict[str, int] = {}
+    for decision in decide_pruning(
+        desired, live, allow_mass_prune=options.allow_mass_prune
+    ):
+        if decision.refused:
+            refused[decision.kind] = len(decision.candidates)
+        for removal in decision.candidates:
+            changes.append(
+                Change(
+                    removal.kind,
+                    removal.name,
+                    HELD if decision.refused else REMOVE,
+                    reason=decision.refused
+                    or "owned by swarmkeeper and no longer desired",
+                    live=removal.live,
+                )
+            )
+    return Plan(changes=tuple(changes), notes=tuple(notes), prune_refused=refused)
 
 
 # ----------------------------------------------------------------- networks --
 
 
-def _plan_networks(desired: DesiredState, live: LiveState) -> list[Change]:
+def _services_using(live: LiveState, network: JSONObject) -> list[str]:
+    network_id = network.get("Id")
+    users = []
+    for name, service in live.services.items():
+        spec = service["Spec"]
+        attachments = (spec.get("TaskTemplate") or {}).get("Networks") or []
+        if any(
+            a.get("Target") in (network_id, network.get("Name")) for a in attachments
+        ):
+            users.append(name)
+    return sorted(users)
+
+
+def _ingress_publishers(live: LiveState) -> list[str]:
+    """Services publishing a port through the routing mesh (they need ingress)."""
+    publishers = []
+    for name, service in live.services.items():
+        ports = (service["Spec"].get("EndpointSpec") or {}).get("Ports") or []
+        if any((p.get("PublishMode") or "ingress") == "ingress" for p in ports):
+            publishers.append(name)
+    return sorted(publishers)
+
+
+def _plan_ingress(
+    network: DesiredNetwork, live: LiveState, options: PlanOptions
+) -> Change:
+    """Replacing the swarm's ingress network: only when nothing publishes through it."""
+    current_name = live.ingress_network
+    current = live.networks.get(current_name) if current_name else None
+    publishers = _ingress_publishers(live)
+    what = f"the swarm's ingress network is {current_name or 'missing'}"
+    if publishers:
+        shown = ", ".join(publishers[:5]) + (" ..." if len(publishers) > 5 else "")
+        reason = (
+            f"{what}; replacing it needs every service publishing ports in ingress "
+            f"mode removed first, and these do: {shown}"
+        )
+        return Change(
+            "network",
+            network.name,
+            BLOCKED,
+            reason=reason,
+            desired=network,
+            live=current,
+        )
+    if not options.recreate_networks:
+        reason = f"{what}; apply --recreate-networks replaces it with {network.name}"
+        return Change(
+            "network",
+            network.name,
+            BLOCKED,
+            reason=reason,
+            desired=network,
+            live=current,
+        )
+    reason = f"{what}; it is removed and {network.name} created as the ingress network"
+    return Change(
+        "network", network.name, RECREATE, reason=reason, desired=network, live=current
+    )
+
+
+def _plan_networks(
+    desired: DesiredState, live: LiveState, options: PlanOptions
+) -> list[Change]:
     wanted: dict[str, DesiredNetwork] = dict(desired.networks)
     for stack in desired.stacks.values():
         wanted.update(stack.networks)
@@ -142,18 +249,7 @@ def _plan_networks(desired: DesiredState, live: LiveState) -> list[Change]:
         is_ingress = bool(network.create.get("Ingress"))
 
         if is_ingress and live.ingress_network != name:
-            changes.append(
-                Change(
-                    "network",
-                    name,
-                    BLOCKED,
-                    reason=(
-                        f"replacing the swarm's ingress network "
-                        f"({live.ingress_network or 'none'}) is not done by apply yet"
-                    ),
-                    desired=network,
-                )
-            )
+            changes.append(_plan_ingress(network, live, options))
             continue
         if current is None:
             changes.append(Change("network", name, CREATE, desired=network))
@@ -185,19 +281,34 @@ def _plan_networks(desired: DesiredState, live: LiveState) -> list[Change]:
             continue
 
         differences = tuple(network_differences(network.create, current))
-        if differences:
-            changes.append(
-                Change(
-                    "network",
-                    name,
-                    BLOCKED,
-                    fields=differences,
-                    reason="networks cannot be changed in place; re-creating "
-                    "one needs every service detached first",
-                    desired=network,
-                    live=current,
-                )
+        if not differences:
+            continue
+        users = _services_using(live, current)
+        if options.recreate_networks and not users:
+            action, reason = RECREATE, "it is removed and created again"
+        elif users:
+            action = BLOCKED
+            reason = (
+                "networks cannot be changed in place, and re-creating this one needs "
+                f"these services detached first: {', '.join(users)}"
             )
+        else:
+            action = BLOCKED
+            reason = (
+                "networks cannot be changed in place; apply --recreate-networks "
+                "re-creates it (no service uses it)"
+            )
+        changes.append(
+            Change(
+                "network",
+                name,
+                action,
+                fields=differences,
+                reason=reason,
+                desired=network,
+                live=current,
+            )
+        )
     return changes
 
 
@@ -371,9 +482,51 @@ def _plan_nodes(
 # ----------------------------------------------------------------- services --
 
 
+def spec_hash(spec: JSONObject) -> str:
+    """A short hash of a service's canonical desired spec, for failure records."""
+    canonical = canonical_service(spec, network_names={})
+    canonical["Labels"] = {
+        k: v for k, v in canonical["Labels"].items() if not k.startswith("swarmkeeper.")
+    }
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def update_state(service: JSONObject) -> str | None:
+    """The engine's state of the service's last update (``updating``, ``paused``...)."""
+    state = (service.get("UpdateStatus") or {}).get("State")
+    return str(state) if state else None
+
+
+# The engine is still acting, or stopped half-way and waits for a person: any
+# write now would interrupt it or resume it, so swarmkeeper only reports.
+_HANDS_OFF_STATES = ("rollback_started", "rollback_paused", "paused")
+
+
+def _held_by_failure(
+    spec: JSONObject, live_spec: JSONObject, options: PlanOptions
+) -> str | None:
+    """Why this desired spec must not be sent again yet, if it failed before."""
+    labels = live_spec.get("Labels") or {}
+    if labels.get(FAILED_SPEC_LABEL) != spec_hash(spec):
+        return None
+    try:
+        failed_at = float(labels.get(FAILED_AT_LABEL, "0"))
+    except ValueError:
+        failed_at = 0.0
+    retry_at = failed_at + options.failed_spec_backoff
+    if options.now >= retry_at:
+        return None
+    return (
+        "the engine rolled back or paused the update to this spec; it is held "
+        f"until the desired state changes or {int(retry_at - options.now)} s pass"
+    )
+
+
 def _plan_services(
-    desired: DesiredState, live: LiveState, *, recreate_services: bool
+    desired: DesiredState, live: LiveState, options: PlanOptions
 ) -> list[Change]:
+    recreate_services = options.recreate_services
     network_names = live.network_names_by_id
     changes = []
     for name, service in sorted(desired.services().items()):
@@ -403,8 +556,53 @@ def _plan_services(
 
         have = canonical_service(live_spec, network_names=network_names)
         want = canonical_service(spec, network_names={})
+        # The failure record is swarmkeeper's own bookkeeping, not drift.
+        for side in (have, want):
+            side["Labels"].pop(FAILED_SPEC_LABEL, None)
+            side["Labels"].pop(FAILED_AT_LABEL, None)
         fields = tuple(field_changes(have, want))
+
+        state = update_state(current) if owned else None
+        if state in _HANDS_OFF_STATES:
+            changes.append(
+                Change(
+                    "service",
+                    name,
+                    HELD,
+                    fields=fields,
+                    reason=f"the engine reports the update as {state}; swarmkeeper "
+                    "writes nothing until it settles (a person may resume or roll "
+                    "it back with docker service update)",
+                    live=current,
+                )
+            )
+            continue
+        if (
+            state == "rollback_completed"
+            and fields
+            and labels.get(FAILED_SPEC_LABEL) != spec_hash(spec)
+        ):
+            # The engine rolled the spec back, labels included, so only a new
+            # label on the service can remember which spec failed.
+            changes.append(
+                Change(
+                    "service",
+                    name,
+                    RECORD_FAILURE,
+                    reason="the engine rolled back the update to the desired spec; "
+                    "it is recorded as failed and held",
+                    desired=service,
+                    live=current,
+                )
+            )
+            continue
         if not fields:
+            continue
+        held = _held_by_failure(spec, live_spec, options) if owned else None
+        if held:
+            changes.append(
+                Change("service", name, HELD, fields=fields, reason=held, live=current)
+            )
             continue
 
         action = UPDATE if owned else ADOPT
@@ -485,6 +683,9 @@ def update_body(service: DesiredService, live: JSONObject) -> JSONObject:
 # -------------------------------------------------------------- rendering --
 
 _SYMBOLS = {
+    REMOVE: "-",
+    HELD: "=",
+    RECORD_FAILURE: "!",
     CREATE: "+",
     UPDATE: "~",
     ADOPT: "~",
