@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ruamel.yaml import YAML
+import yaml
 
 from conftest import SwarmTestBed
 from swarmkeeper.desired import (
@@ -146,7 +146,7 @@ def stack_model(folder: Path, env: dict[str, str]) -> dict[str, Any]:
     """The file as the CLI loads and interpolates it (``docker stack config``)."""
     result = _run_cli(["stack", "config", "-c", "compose.yml"], folder, env)
     assert result.returncode == 0, f"docker stack config failed:\n{result.stderr}"
-    loaded = YAML(typ="safe").load(result.stdout)
+    loaded = yaml.safe_load(result.stdout)
     return dict(loaded or {})
 
 

@@ -321,8 +321,8 @@ BAD_INPUT = [
     ),
     (
         "oversized",
-        {"stacks/a.yml": "#" * (1024 * 1024 + 1)},
-        "stacks/a.yml: larger than 1024 KiB",
+        {"stacks/a.yml": "#" * (8 * 1024 * 1024 + 1)},
+        "stacks/a.yml: larger than 8 MiB",
     ),
     (
         "unset required variable",

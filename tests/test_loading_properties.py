@@ -12,9 +12,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ruamel.yaml import YAML
 
 from swarmkeeper.desired import Stack
 from swarmkeeper.loading.compose import load_stack
@@ -298,9 +298,8 @@ def compose_documents(draw: st.DrawFn) -> dict[str, Any]:
 
 
 def _dump(document: dict[str, Any], path: Path) -> None:
-    yaml = YAML(typ="safe", pure=True)
     with path.open("w", encoding="utf-8") as stream:
-        yaml.dump(document, stream)
+        yaml.safe_dump(document, stream, allow_unicode=True)
 
 
 @settings(

@@ -5,15 +5,16 @@ refuses paths that leave the directory (``..``, absolute paths, symlinks that
 point outside), files over a size cap, and text that is not UTF-8. The only
 other folder it reads is the secrets folder the operator names.
 
-YAML is parsed as YAML 1.2 (as the Docker CLI does: ``yes`` is a string, not
-a boolean), duplicate keys are errors, and every value keeps the line it came
-from, so that problems found much later can still say where.
+YAML is read as YAML 1.2 (as the Docker CLI reads it: ``yes`` is a string,
+not a boolean), duplicate keys are errors, and every value keeps the line it
+came from, so that problems found much later can still say where.
 """
 
 from __future__ import annotations
 
-import contextlib
+import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from swarmkeeper.loading.problems import FieldPath, Problems
 
 # Desired-state files are hand-written and small; anything bigger is a mistake
 # (or an attempt to exhaust memory) rather than a cluster description.
-MAX_FILE_BYTES = 1024 * 1024
+MAX_FILE_BYTES = 8 * 1024 * 1024
 # Anchors and aliases can make a small file expand enormously.
 MAX_YAML_NODES = 200_000
 
@@ -119,7 +120,8 @@ class StateFiles:
             ) from None
         if len(data) > MAX_FILE_BYTES:
             raise FileRefused(
-                f"larger than {MAX_FILE_BYTES // 1024} KiB", file=self.display(path)
+                f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB",
+                file=self.display(path),
             )
         return data
 
@@ -137,129 +139,185 @@ class StateFiles:
 
 
 def parse_yaml(text: str, *, file: str, problems: Problems) -> Document | None:
-    """Parse YAML text; on failure, record a located problem and return None."""
-    from ruamel.yaml import YAML
-    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+    """Parse YAML text; on failure, record a located problem and return None.
 
-    parser = YAML(typ="rt", pure=True)
-    parser.allow_duplicate_keys = False
+    libyaml (through PyYAML's C parser) builds the node tree, which keeps
+    every node's line; turning nodes into values is done here, with the
+    YAML 1.2 rules the Docker CLI's parser follows rather than PyYAML's
+    YAML 1.1 ones (``yes`` stays a string, ``0440`` is octal).
+    """
+    import yaml
+
+    loader = yaml.CSafeLoader(text)
     try:
-        tree = parser.load(text)
-    except MarkedYAMLError as error:
+        root = loader.get_single_node()
+    except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark is not None else None
-        reason = (
-            " ".join(part for part in (error.context, error.problem) if part)
-            or "invalid YAML"
-        )
-        if "duplicate key" in reason:
-            reason = _duplicate_key_reason(error)
-        problems.error(Location(file, line), "", f"YAML: {reason}")
+        reason = " ".join(part for part in (error.context, error.problem) if part)
+        problems.error(Location(file, line), "", f"YAML: {reason or 'invalid YAML'}")
         return None
-    except YAMLError as error:
+    except yaml.YAMLError as error:
         problems.error(Location(file), "", f"YAML: {error}")
         return None
+    finally:
+        loader.dispose()
 
     # The whole document is "line 1", so every problem has a line to show.
     document = Document(file=file, data=None, lines={(): 1})
-    counter = [0]
+    if root is None:
+        return document
+    builder = _Builder(file, document.lines)
     try:
-        document.data = _plain(tree, (), document.lines, counter)
-    except _TooLarge:
-        problems.error(
-            Location(file),
-            "",
-            f"YAML expands to more than {MAX_YAML_NODES} values (anchors and aliases?)",
-        )
+        document.data = builder.value(root, ())
+    except _BadYAML as error:
+        problems.error(Location(file, error.line), error.path, f"YAML: {error}")
+        return None
+    except RecursionError:
+        problems.error(Location(file), "", "YAML: nested too deeply")
         return None
     return document
 
 
-def _duplicate_key_reason(error: Any) -> str:
-    problem = str(error.problem or "")
-    # ruamel says: found duplicate key "x" with value "y" (original value: "z")
-    key = problem.split('"')[1] if problem.count('"') >= 2 else "?"
-    first = error.context_mark.line + 1 if error.context_mark else None
-    return f"duplicate key {key!r}" + (
-        f" (first defined on line {first})" if first else ""
-    )
+class _BadYAML(Exception):
+    def __init__(self, message: str, *, line: int | None, path: str = "") -> None:
+        super().__init__(message)
+        self.line = line
+        self.path = path
 
 
-class _TooLarge(Exception):
-    pass
+_NULLS = {"", "~", "null", "Null", "NULL"}
+_BOOLEANS = {
+    "true": True,
+    "True": True,
+    "TRUE": True,
+    "false": False,
+    "False": False,
+    "FALSE": False,
+}
+_DECIMAL = re.compile(r"^[-+]?[0-9]+$")
+_OCTAL = re.compile(r"^0o[0-7]+$")
+_HEXADECIMAL = re.compile(r"^0x[0-9a-fA-F]+$")
+_FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")
+_SPECIAL_FLOATS = {
+    ".inf": math.inf, ".Inf": math.inf, ".INF": math.inf,
+    "+.inf": math.inf, "+.Inf": math.inf, "+.INF": math.inf,
+    "-.inf": -math.inf, "-.Inf": -math.inf, "-.INF": -math.inf,
+    ".nan": math.nan, ".NaN": math.nan, ".NAN": math.nan,
+}  # fmt: skip
 
 
-def _plain(
-    node: Any, path: FieldPath, lines: dict[FieldPath, int], counter: list[int]
-) -> Any:
-    """Turn ruamel's round-trip nodes into dicts, lists and scalars, noting lines."""
-    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+def resolve_scalar(text: str) -> Any:
+    """A plain (unquoted) scalar's value under YAML 1.2's core schema, as Go reads it.
 
-    counter[0] += 1
-    if counter[0] > MAX_YAML_NODES:
-        raise _TooLarge
+    One difference from the schema, kept because the Docker CLI has it: a
+    decimal with a leading zero is octal (``0440`` is 288), the usual spelling
+    of file modes in compose files.
+    """
+    if text in _NULLS:
+        return None
+    if text in _BOOLEANS:
+        return _BOOLEANS[text]
+    if _DECIMAL.match(text):
+        digits = text.lstrip("+-")
+        if (
+            len(digits) > 1
+            and digits.startswith("0")
+            and set(digits) <= set("01234567")
+        ):
+            value = int(digits, 8)
+            return -value if text.startswith("-") else value
+        return int(text)
+    if _OCTAL.match(text):
+        return int(text[2:], 8)
+    if _HEXADECIMAL.match(text):
+        return int(text[2:], 16)
+    if _FLOAT.match(text):
+        return float(text)
+    if text in _SPECIAL_FLOATS:
+        return _SPECIAL_FLOATS[text]
+    return text
 
-    if isinstance(node, CommentedMap):
+
+class _Builder:
+    """Turns libyaml nodes into plain values, noting lines and checking keys."""
+
+    def __init__(self, file: str, lines: dict[FieldPath, int]) -> None:
+        self.file = file
+        self.lines = lines
+        self.visited = 0
+
+    def value(self, node: Any, path: FieldPath) -> Any:
+        import yaml
+
+        self.visited += 1
+        if self.visited > MAX_YAML_NODES:
+            raise _BadYAML(
+                f"expands to more than {MAX_YAML_NODES} values (anchors and aliases?)",
+                line=None,
+            )
+        if isinstance(node, yaml.ScalarNode):
+            return self.scalar(node)
+        if isinstance(node, yaml.SequenceNode):
+            items = []
+            for index, item in enumerate(node.value):
+                child = (*path, index)
+                self.lines[child] = item.start_mark.line + 1
+                items.append(self.value(item, child))
+            return items
+        return self.mapping(node, path)
+
+    def scalar(self, node: Any) -> Any:
+        # libyaml marks plain scalars with an empty style; quoted, literal
+        # and folded ones are strings whatever they spell. (Its own tags
+        # follow YAML 1.1 and are ignored, as is an explicit tag on a plain
+        # scalar: compose files do not use them.)
+        if node.style:
+            return node.value
+        return resolve_scalar(node.value)
+
+    def mapping(self, node: Any, path: FieldPath) -> dict[Any, Any]:
+        import yaml
+
         result: dict[Any, Any] = {}
-        for key, value in node.items():
+        first_line: dict[Any, int] = {}
+        merged: list[dict[Any, Any]] = []
+        for key_node, value_node in node.value:
+            line = key_node.start_mark.line + 1
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                merged.extend(self.merge_sources(value_node, path))
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise _BadYAML("a mapping key must be a plain value", line=line)
+            key = self.scalar(key_node)
+            if key in first_line:
+                raise _BadYAML(
+                    f"duplicate key {key!r} (first defined on line {first_line[key]})",
+                    line=line,
+                )
+            first_line[key] = line
             child = (*path, str(key))
-            position = _key_line(node, key)
-            if position is not None:
-                lines[child] = position
-            result[key] = _plain(value, child, lines, counter)
+            self.lines[child] = line
+            result[key] = self.value(value_node, child)
+        # Keys written in the mapping win over merged ones; earlier merge
+        # sources win over later ones.
+        for source in merged:
+            for key, value in source.items():
+                result.setdefault(key, value)
         return result
 
-    if isinstance(node, CommentedSeq):
-        items = []
-        for index, value in enumerate(node):
-            child = (*path, index)
-            with contextlib.suppress(KeyError, TypeError, IndexError):
-                lines[child] = node.lc.item(index)[0] + 1
-            items.append(_plain(value, child, lines, counter))
-        return items
+    def merge_sources(self, node: Any, path: FieldPath) -> list[dict[Any, Any]]:
+        import yaml
 
-    return _scalar(node)
-
-
-def _key_line(node: Any, key: Any) -> int | None:
-    try:
-        return int(node.lc.key(key)[0]) + 1
-    except (KeyError, TypeError, IndexError):
-        # A key merged in through `<<: *anchor` has no line of its own here.
-        return None
-
-
-def _scalar(value: Any) -> Any:
-    """ruamel's scalar subclasses (kept for round-tripping) as plain Python types."""
-    from ruamel.yaml.scalarbool import ScalarBoolean
-
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, ScalarBoolean):  # an anchored boolean; an int subclass
-        return bool(value)
-    if isinstance(value, int):
-        return _integer(value)
-    if isinstance(value, float):
-        return float(value)
-    if isinstance(value, str):
-        return str(value)
-    # Timestamps and other YAML types: the compose schema wants strings.
-    return str(value)
-
-
-def _integer(value: int) -> int:
-    """An integer as Go's YAML reads it: a leading zero means octal (``0440``).
-
-    YAML 1.2 reads ``0440`` as decimal 440, but the Docker CLI's parser reads
-    it as octal 288, and file modes of configs and secrets are written that way.
-    """
-    width = getattr(value, "_width", None)
-    digits = str(int(value))
-    if width and value > 0 and width > len(digits):
-        padded = digits.rjust(width, "0")
-        if set(padded) <= set("01234567"):
-            return int(padded, 8)
-    return int(value)
+        sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        values = []
+        for source in sources:
+            if not isinstance(source, yaml.MappingNode):
+                raise _BadYAML(
+                    "<< must merge a mapping", line=source.start_mark.line + 1
+                )
+            values.append(self.mapping(source, path))
+        return values
 
 
 def walk_files(folder: Path) -> Iterator[Path]:

@@ -48,7 +48,10 @@ def parse_duration(value: Any) -> int:
         match = _DURATION_PART.match(text, position)
         if match is None:
             raise ValueError(f"{value!r} is not a duration such as 10s or 1m30s")
-        total += Fraction(match[1]) * _DURATION_UNITS[match[2]]
+        number = match[1]
+        # Whole numbers (nearly all durations) skip the slow exact fraction.
+        amount = int(number) if number.isdigit() else Fraction(number)
+        total += amount * _DURATION_UNITS[match[2]]
         position = match.end()
     if position == 0:
         raise ValueError(f"{value!r} is not a duration such as 10s or 1m30s")
