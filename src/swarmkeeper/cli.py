@@ -125,6 +125,15 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _add_setting_flags(run, _RUN_SETTINGS)
 
+    status = commands.add_parser(
+        "status",
+        parents=[common],
+        help="show the running daemon's view: each object's sync and health",
+        description="Ask the daemon on --metrics-addr for its status.",
+    )
+    _add_setting_flags(status, ("metrics_addr",))
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+
     return parser
 
 
@@ -154,7 +163,8 @@ _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "validate": _command("validate"),
     "plan": _command("plan"),
     "apply": _command("apply"),
-    "run": _not_built("run"),
+    "run": _command("run"),
+    "status": _command("status"),
 }
 
 

@@ -174,3 +174,78 @@ def _run_with_engine(settings: Settings, body: Any) -> int:
     except EngineError as error:
         print(f"swarmkeeper: {error}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def run(settings: Settings, arguments: argparse.Namespace) -> int:
+    """The daemon, until SIGTERM or SIGINT."""
+    import asyncio
+
+    from swarmkeeper.running import run_daemon
+
+    return asyncio.run(run_daemon(settings))
+
+
+def status(settings: Settings, arguments: argparse.Namespace) -> int:
+    """Ask the running daemon for its status: 0 all in sync, 1 not, 2 unreachable."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from swarmkeeper.settings import split_listen_address
+
+    host, port = split_listen_address(settings.metrics_addr)
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    url = f"http://{host}:{port}/status"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:  # our own address
+            document = json.load(response)
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        print(f"swarmkeeper: no daemon answers at {url}: {error}", file=sys.stderr)
+        return EXIT_ERROR
+
+    if arguments.json:
+        print(json.dumps(document, indent=2))
+    else:
+        print(_status_table(document))
+    objects = document.get("objects", [])
+    drifted = [
+        o
+        for o in objects
+        if o.get("sync") != "in-sync" or o.get("health") == "unhealthy"
+    ]
+    return EXIT_NO if drifted else EXIT_OK
+
+
+def _status_table(document: dict[str, Any]) -> str:
+    last = document.get("last_pass") or {}
+    lines = [
+        f"revision {document.get('revision')}  leader {document.get('leader')}  "
+        f"mode {document.get('mode')}  desired state valid "
+        f"{document.get('desired_state_valid')}  last pass {last.get('outcome')}",
+        "",
+    ]
+    rows = [("KIND", "NAME", "SYNC", "HEALTH", "TASKS")]
+    for item in document.get("objects", []):
+        tasks = ""
+        if item.get("desired") is not None:
+            tasks = f"{item.get('running', 0)}/{item['desired']}"
+        rows.append(
+            (
+                item["kind"],
+                item["name"],
+                item.get("sync", ""),
+                item.get("health", ""),
+                tasks,
+            )
+        )
+    widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
+    for row in rows:
+        lines.append(
+            "  ".join(
+                str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)
+            ).rstrip()
+        )
+    return "\n".join(lines)

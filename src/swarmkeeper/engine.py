@@ -14,6 +14,7 @@ mappings as the engine sends them.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -172,6 +173,62 @@ class Engine:
     async def list_secrets(self) -> list[JSONObject]:
         result: list[JSONObject] = await self._request("list secrets", "secrets")
         return result
+
+    async def list_tasks(self, *, desired_state: str | None = None) -> list[JSONObject]:
+        """Tasks of every service; ``desired_state="running"`` for the live ones."""
+        params = None
+        if desired_state:
+            params = {"filters": {"desired-state": [desired_state]}}
+        result: list[JSONObject] = await self._request(
+            "list tasks", "tasks", params=params
+        )
+        return result
+
+    @asynccontextmanager
+    async def event_stream(
+        self, *, types: tuple[str, ...]
+    ) -> AsyncIterator[AsyncIterator[JSONObject]]:
+        """The engine's swarm events of ``types``, one decoded event at a time.
+
+        Connecting has the usual deadline; reading has none, since a quiet
+        swarm sends nothing for hours. The iterator ends when the engine
+        closes the stream (a restart, a lost leadership): the caller
+        reconnects and resyncs, as events may have been missed. aiodocker's
+        own subscriber is not used: its queues are unbounded and it ends
+        without saying why.
+        """
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=self._timeout,
+            sock_connect=self._timeout,
+            sock_read=None,
+        )
+        params = {"filters": {"type": list(types), "scope": ["swarm"]}}
+        try:
+            context = self._docker._query("events", params=params, timeout=timeout)
+            async with asyncio.timeout(self._timeout):
+                response = await context.__aenter__()
+        except aiodocker.DockerError as error:
+            raise _classify(error, "watch events") from error
+        except TimeoutError as error:
+            raise EngineTimeout(
+                f"watch events: no answer within {self._timeout:g}s"
+            ) from error
+        except aiohttp.ClientError as error:
+            raise EngineUnreachable(f"watch events: {error}") from error
+
+        async def decoded() -> AsyncIterator[JSONObject]:
+            try:
+                async for line in response.content:
+                    if line.strip():
+                        yield json.loads(line)
+            except (aiohttp.ClientError, ValueError) as error:
+                raise EngineUnreachable(f"event stream broke: {error}") from error
+
+        try:
+            yield decoded()
+        finally:
+            await context.__aexit__(None, None, None)
 
     async def inspect_service(self, service_id: str) -> JSONObject:
         result: JSONObject = await self._request(

@@ -1,0 +1,366 @@
+"""One reconcile pass, and what the daemon remembers between passes.
+
+A pass is level-based: it reads the whole live state again, plans against
+the last desired state that loaded, writes what the plan calls for (when
+this instance may write), and records the outcome in metrics, one log line
+and the status document. Whatever triggered it (an event, a file change, the
+timer) only said "look again"; its own writes come back as events and end in
+a pass that finds nothing to do.
+
+Fights: when something else keeps changing an object back, correcting it
+on every event would thrash. After ``FIGHT_LIMIT`` corrections of one object
+within ``FIGHT_WINDOW`` seconds, the object is held for a back-off that
+doubles with each further fight (capped), and the fight is reported.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from swarmkeeper.desired import STACK_NAMESPACE_LABEL, DesiredState
+from swarmkeeper.engine import Engine, EngineError
+from swarmkeeper.live import LiveState, is_owned, read_live_state
+from swarmkeeper.logs import get_logger
+from swarmkeeper.metrics import Metrics
+from swarmkeeper.planning import (
+    HELD,
+    REMOVE,
+    Change,
+    Plan,
+    PlanOptions,
+    make_plan,
+    update_state,
+)
+
+log = get_logger("swarmkeeper.reconciling")
+
+FIGHT_LIMIT = 3
+FIGHT_WINDOW = 60.0
+FIGHT_BACKOFF = 5.0
+FIGHT_BACKOFF_MAX = 600.0
+
+
+@dataclass
+class _Contest:
+    corrections: list[float] = field(default_factory=list)
+    fights: int = 0
+    held_until: float = 0.0
+
+
+class FightTracker:
+    """Per object: recent corrections, and a back-off once it is contested."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._contests: dict[tuple[str, str], _Contest] = {}
+
+    def held(self, kind: str, name: str) -> float:
+        """Seconds the object is still held for, 0 when it may be corrected."""
+        contest = self._contests.get((kind, name))
+        return max(0.0, contest.held_until - self._clock()) if contest else 0.0
+
+    def corrected(self, kind: str, name: str) -> bool:
+        """Record one correction; True when this makes it a fight."""
+        now = self._clock()
+        contest = self._contests.setdefault((kind, name), _Contest())
+        contest.corrections = [t for t in contest.corrections if now - t < FIGHT_WINDOW]
+        contest.corrections.append(now)
+        if len(contest.corrections) < FIGHT_LIMIT:
+            return False
+        backoff = min(FIGHT_BACKOFF * 2**contest.fights, FIGHT_BACKOFF_MAX)
+        contest.fights += 1
+        contest.held_until = now + backoff
+        contest.corrections.clear()
+        return True
+
+    def settled(self, kind: str, name: str) -> None:
+        """The object matched in a pass: forget its history once held time is over."""
+        contest = self._contests.get((kind, name))
+        if contest and self._clock() >= contest.held_until and not contest.corrections:
+            del self._contests[(kind, name)]
+
+
+@dataclass
+class PassResult:
+    outcome: str  # "success", "failure" (nothing could be done), "partial"
+    plan: Plan | None = None
+    writes: int = 0
+    failures: int = 0
+    error: str | None = None
+
+
+class Reconciler:
+    """Runs passes; holds the last good desired state and the status document."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: Metrics,
+        *,
+        mode: str = "enforce",
+        fights: FightTracker | None = None,
+    ) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.mode = mode
+        self.fights = fights or FightTracker()
+        self.desired: DesiredState | None = None
+        self.desired_valid = False
+        self.revision: str | None = None
+        self.engine_connected = False
+        self.is_leader = False
+        self.status: dict[str, Any] = {"objects": [], "last_pass": None}
+
+    def set_desired(
+        self, desired: DesiredState | None, *, valid: bool, revision: str | None
+    ) -> None:
+        """A new load result; an invalid one keeps the last good state in use."""
+        self.desired_valid = valid
+        self.metrics.desired_valid.set(1 if valid else 0)
+        if valid and desired is not None:
+            self.desired = desired
+            self.revision = revision
+            if revision:
+                self.metrics.set_revision(revision)
+            self.metrics.set_stacks(set(desired.stacks))
+
+    async def reconcile(self, trigger: str) -> PassResult:
+        started = time.monotonic()
+        result = await self._pass()
+        duration = time.monotonic() - started
+
+        self.metrics.reconcile_duration.observe(duration)
+        self.metrics.reconciles.labels(result=result.outcome).inc()
+        if result.outcome == "success":
+            self.metrics.last_success.set(time.time())
+        counts = result.plan.counts() if result.plan else {}
+        log.info(
+            "reconcile.finished",
+            trigger=trigger,
+            outcome=result.outcome,
+            duration_ms=round(duration * 1000, 1),
+            revision=self.revision,
+            leader=self.is_leader,
+            mode=self.mode,
+            writes=result.writes,
+            failures=result.failures,
+            changes=counts,
+            error=result.error,
+        )
+        self.status["last_pass"] = {
+            "trigger": trigger,
+            "outcome": result.outcome,
+            "duration_seconds": round(duration, 4),
+            "finished_at": time.time(),
+            "writes": result.writes,
+            "error": result.error,
+        }
+        return result
+
+    async def _pass(self) -> PassResult:
+        from swarmkeeper.applying import apply_plan
+
+        try:
+            live = await read_live_state(self.engine)
+            tasks = await self.engine.list_tasks(desired_state="running")
+        except EngineError as error:
+            self.engine_connected = False
+            self.metrics.engine_connected.set(0)
+            return PassResult("failure", error=str(error))
+        self.engine_connected = True
+        self.metrics.engine_connected.set(1)
+        self.is_leader = live.is_leader
+        self.metrics.leader.set(1 if live.is_leader else 0)
+
+        if self.desired is None:
+            return PassResult("failure", error="no desired state has loaded yet")
+
+        plan = make_plan(self.desired, live, PlanOptions(now=time.time()))
+        if not self.desired_valid:
+            plan = _without_removals(plan, "the desired state on disk does not load")
+        plan = self._hold_fights(plan)
+        self._record(plan, live, tasks)
+
+        if (
+            self.mode != "enforce"
+            or not live.is_leader
+            or not any(c.writes for c in plan.changes)
+        ):
+            return PassResult("success", plan=plan)
+
+        outcome = await apply_plan(self.engine, plan, self.desired, live)
+        failed = {(change.kind, change.name) for change, _ in outcome.failures}
+        for change in plan.changes:
+            if not change.writes:
+                continue
+            ok = (change.kind, change.name) not in failed
+            self.metrics.actions.labels(
+                kind=change.kind,
+                action=change.action,
+                result="success" if ok else "failure",
+            ).inc()
+            if (
+                ok
+                and change.action in ("update", "create")
+                and self.fights.corrected(change.kind, change.name)
+            ):
+                self.metrics.fights.labels(kind=change.kind).inc()
+                log.warning(
+                    "fight.detected",
+                    kind=change.kind,
+                    object=change.name,
+                    held_seconds=round(self.fights.held(change.kind, change.name), 1),
+                )
+        return PassResult(
+            "partial" if outcome.failures else "success",
+            plan=plan,
+            writes=outcome.writes,
+            failures=len(outcome.failures),
+        )
+
+    def _hold_fights(self, plan: Plan) -> Plan:
+        changes = []
+        for change in plan.changes:
+            held = self.fights.held(change.kind, change.name) if change.writes else 0.0
+            if held:
+                change = Change(
+                    change.kind,
+                    change.name,
+                    HELD,
+                    fields=change.fields,
+                    reason="something else keeps changing it back; "
+                    f"held {held:.0f} s more",
+                    live=change.live,
+                )
+            changes.append(change)
+        return Plan(tuple(changes), plan.notes, plan.prune_refused)
+
+    def _record(self, plan: Plan, live: LiveState, tasks: list[dict[str, Any]]) -> None:
+        """Metrics and the status document for this pass's view of the swarm."""
+        from swarmkeeper.metrics import KINDS
+
+        drifted: dict[str, int] = dict.fromkeys(KINDS, 0)
+        changed = {(c.kind, c.name): c for c in plan.changes}
+        for change in plan.changes:
+            drifted[change.kind] = drifted.get(change.kind, 0) + 1
+        for kind, count in drifted.items():
+            self.metrics.drift.labels(kind=kind).set(count)
+        for kind, refused in plan.prune_refused.items():
+            if refused:
+                self.metrics.prune_refused.labels(kind=kind).inc()
+
+        running: dict[str, int] = {}
+        for task in tasks:
+            if (task.get("Status") or {}).get("State") == "running":
+                service_id = task.get("ServiceID", "")
+                running[service_id] = running.get(service_id, 0) + 1
+
+        managed = {
+            "service": [
+                s for s in live.services.values() if is_owned(s["Spec"].get("Labels"))
+            ],
+            "config": [
+                c for c in live.configs.values() if is_owned(c["Spec"].get("Labels"))
+            ],
+            "secret": [
+                s for s in live.secrets.values() if is_owned(s["Spec"].get("Labels"))
+            ],
+            "network": [n for n in live.networks.values() if is_owned(n.get("Labels"))],
+        }
+        for kind, objects in managed.items():
+            self.metrics.managed.labels(kind=kind).set(len(objects))
+
+        stacks_drifted: dict[str, int] = {}
+        stacks_unhealthy: dict[str, int] = {}
+        objects = []
+        for service in managed["service"]:
+            spec = service["Spec"]
+            name = spec["Name"]
+            stack = (spec.get("Labels") or {}).get(STACK_NAMESPACE_LABEL, "")
+            wanted = ((spec.get("Mode") or {}).get("Replicated") or {}).get("Replicas")
+            have = running.get(service["ID"], 0)
+            state = update_state(service)
+            unhealthy = (wanted is not None and have < wanted) or state in (
+                "paused",
+                "rollback_started",
+                "rollback_paused",
+                "rollback_completed",
+            )
+            found = changed.get(("service", name))
+            sync = "in-sync" if found is None else found.action
+            if found is not None:
+                stacks_drifted[stack] = stacks_drifted.get(stack, 0) + 1
+            if unhealthy:
+                stacks_unhealthy[stack] = stacks_unhealthy.get(stack, 0) + 1
+            objects.append(
+                {
+                    "kind": "service",
+                    "name": name,
+                    "stack": stack,
+                    "sync": sync,
+                    "health": "unhealthy" if unhealthy else "healthy",
+                    "running": have,
+                    "desired": wanted,
+                    "update_state": state,
+                }
+            )
+        for kind in ("network", "config", "secret"):
+            for item in managed[kind]:
+                name = item.get("Name") or item["Spec"]["Name"]
+                found = changed.get((kind, name))
+                objects.append(
+                    {
+                        "kind": kind,
+                        "name": name,
+                        "sync": "in-sync" if found is None else found.action,
+                    }
+                )
+        for change in plan.changes:
+            if change.kind in (
+                "service",
+                "network",
+                "config",
+                "secret",
+                "node",
+            ) and not any(
+                o["kind"] == change.kind and o["name"] == change.name for o in objects
+            ):
+                objects.append(
+                    {
+                        "kind": change.kind,
+                        "name": change.name,
+                        "sync": change.action,
+                        "reason": change.reason,
+                    }
+                )
+
+        if self.desired is not None:
+            for stack in self.desired.stacks:
+                self.metrics.stack_drifted.labels(stack=stack).set(
+                    stacks_drifted.get(stack, 0)
+                )
+                self.metrics.stack_unhealthy.labels(stack=stack).set(
+                    stacks_unhealthy.get(stack, 0)
+                )
+        for item in objects:
+            if item["sync"] == "in-sync":
+                self.fights.settled(item["kind"], item["name"])
+
+        self.status["objects"] = sorted(objects, key=lambda o: (o["kind"], o["name"]))
+        self.status["revision"] = self.revision
+        self.status["leader"] = live.is_leader
+        self.status["mode"] = self.mode
+        self.status["desired_state_valid"] = self.desired_valid
+
+
+def _without_removals(plan: Plan, reason: str) -> Plan:
+    changes = tuple(
+        Change(c.kind, c.name, HELD, reason=reason, live=c.live)
+        if c.action == REMOVE
+        else c
+        for c in plan.changes
+    )
+    return Plan(changes, plan.notes, plan.prune_refused)
