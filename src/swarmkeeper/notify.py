@@ -31,10 +31,12 @@ class Notifier:
         if self._address is None:
             return
         message = "\n".join(lines).encode()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            # systemd went away or the socket is wrong: nothing to tell it.
-            with contextlib.suppress(OSError):
-                sock.sendto(message, self._address)
+        # If systemd went away or the socket is wrong, there is nobody to tell.
+        with (
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock,
+            contextlib.suppress(OSError),
+        ):
+            sock.sendto(message, self._address)
 
     def ready(self, status: str) -> None:
         self.send("READY=1", f"STATUS={status}")
