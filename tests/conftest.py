@@ -22,6 +22,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import docker
@@ -55,7 +56,8 @@ def docker_client() -> Iterator[Any]:
         client.close()
         _unavailable("the Docker engine is not a swarm manager")
 
-    _remove_objects(client, lambda name: PREFIX_PATTERN.match(name) is not None)
+    stale = _stale_prefixes(client)
+    _remove_objects(client, lambda name: name[:9] in stale)
     yield client
     client.close()
 
@@ -125,6 +127,30 @@ def swarm(docker_client: Any, test_image: str) -> Iterator[SwarmTestBed]:
 
     _remove_objects(docker_client, lambda name: name.startswith(prefix))
     _restore_node_labels(docker_client, bed._node_labels)
+
+
+# A test's objects older than this were left by a run that died; younger ones
+# may belong to a test session running right now beside this one.
+STALE_AFTER_SECONDS = 20 * 60
+
+
+def _stale_prefixes(client: Any) -> set[str]:
+    """Test prefixes whose newest object is older than STALE_AFTER_SECONDS."""
+    newest: dict[str, datetime] = {}
+    objects = [
+        *((s.name, s.attrs.get("CreatedAt")) for s in client.services.list()),
+        *((c.name, c.attrs.get("CreatedAt")) for c in client.configs.list()),
+        *((c.name, c.attrs.get("CreatedAt")) for c in client.secrets.list()),
+        *((n.name, n.attrs.get("Created")) for n in client.networks.list()),
+    ]
+    for name, created in objects:
+        if not PREFIX_PATTERN.match(name) or not created:
+            continue
+        when = datetime.fromisoformat(str(created)[:26].rstrip("Z") + "+00:00")
+        prefix = name[:9]
+        newest[prefix] = max(newest.get(prefix, when), when)
+    cutoff = datetime.now(UTC) - timedelta(seconds=STALE_AFTER_SECONDS)
+    return {prefix for prefix, when in newest.items() if when < cutoff}
 
 
 def _remove_objects(client: Any, owned: Callable[[str], bool]) -> None:
