@@ -178,3 +178,23 @@ def test_text_plan_shows_old_and_new_and_masks_secrets(tmp_path: Path) -> None:
     assert "DB_PASSWORD=******" in text
     assert "old-pw" not in text
     assert "new-pw" not in text
+
+
+def test_suspended_stack_and_service_are_reported_not_changed(tmp_path: Path) -> None:
+    desired = state(
+        tmp_path,
+        {
+            "stacks/s.yml": "services:\n  a:\n    image: x:1\n  b:\n    image: x:1\n",
+            "stacks/t.yml": "services:\n  c:\n    image: x:1\n",
+            "policy.yml": "suspend: [s/a, t]\n",
+        },
+    )
+
+    plan = make_plan(desired, live())
+
+    actions = {c.name: (c.action, c.reason) for c in plan.changes}
+    assert actions["s_a"][0] == "held"
+    assert "suspended in policy.yml (s/a)" in actions["s_a"][1]
+    assert actions["s_b"][0] == CREATE
+    assert actions["t_c"][0] == "held"
+    assert actions["t_default"][0] == "held"

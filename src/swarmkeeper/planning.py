@@ -156,7 +156,41 @@ def make_plan(
                     live=removal.live,
                 )
             )
+    changes = [_suspended(change, desired) or change for change in changes]
     return Plan(changes=tuple(changes), notes=tuple(notes), prune_refused=refused)
+
+
+def _stack_of(change: Change) -> str | None:
+    """The stack an object belongs to, from the desired or the live side."""
+    stack = getattr(change.desired, "stack", None)
+    if stack:
+        return str(stack)
+    live = change.live or {}
+    labels = (live.get("Spec") or {}).get("Labels") or live.get("Labels") or {}
+    return labels.get(STACK_NAMESPACE_LABEL)
+
+
+def _suspended(change: Change, desired: DesiredState) -> Change | None:
+    """The change held instead, when policy.yml suspends its stack or service."""
+    if not change.writes or not desired.policy.suspend:
+        return None
+    stack = _stack_of(change)
+    for entry in desired.policy.suspend:
+        entry_stack, _, service = entry.partition("/")
+        if stack != entry_stack:
+            continue
+        if not service or (
+            change.kind == "service" and change.name == f"{stack}_{service}"
+        ):
+            return Change(
+                change.kind,
+                change.name,
+                HELD,
+                fields=change.fields,
+                reason=f"suspended in policy.yml ({entry}): reported, not changed",
+                live=change.live,
+            )
+    return None
 
 
 # ----------------------------------------------------------------- networks --
