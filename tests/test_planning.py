@@ -198,3 +198,39 @@ def test_suspended_stack_and_service_are_reported_not_changed(tmp_path: Path) ->
     assert actions["s_b"][0] == CREATE
     assert actions["t_c"][0] == "held"
     assert actions["t_default"][0] == "held"
+
+
+def test_a_network_of_services_held_back_by_a_guard_is_not_pruned(
+    tmp_path: Path,
+) -> None:
+    desired = state(tmp_path, {"stacks/keep.yml": "services:\n  a:\n    image: x:1\n"})
+    owned = {"swarmkeeper.managed": "true", "com.docker.stack.namespace": "old"}
+    services = {
+        f"old_s{i}": {
+            "ID": f"id{i}",
+            "Spec": {
+                "Name": f"old_s{i}",
+                "Labels": owned,
+                "TaskTemplate": {
+                    "ContainerSpec": {"Image": "x:1"},
+                    "Networks": [{"Target": "net1"}],
+                },
+            },
+        }
+        for i in range(4)
+    }
+    network = {
+        "Id": "net1",
+        "Name": "old_default",
+        "Labels": owned,
+        "Scope": "swarm",
+        "Driver": "overlay",
+    }
+
+    plan = make_plan(
+        desired, live(services=services, networks={"old_default": network})
+    )
+
+    actions = {c.name: c.action for c in plan.changes}
+    assert {actions[f"old_s{i}"] for i in range(4)} == {"held"}  # 4 > cap of 1
+    assert "old_default" not in actions  # still in use by the held services

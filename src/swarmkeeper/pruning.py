@@ -76,16 +76,16 @@ def decide_pruning(
         n: s for n, s in live.services.items() if is_owned(s["Spec"].get("Labels"))
     }
     service_candidates = [n for n in owned_services if n not in wanted["service"]]
-    staying_services = [
-        s for n, s in live.services.items() if n not in service_candidates
-    ]
+    # Services whose removal a guard holds back still use their networks.
+    removed_services: set[str] = set()
 
     for kind in KINDS:
         owned = _owned(live, kind)
         if kind == "service":
             names = service_candidates
         elif kind == "network":
-            in_use = _networks_in_use(staying_services, live)
+            staying = [s for n, s in live.services.items() if n not in removed_services]
+            in_use = _networks_in_use(staying, live)
             names = [n for n in owned if n not in wanted[kind] and n not in in_use]
         else:
             names = _blob_candidates(kind, owned, wanted[kind], live)
@@ -115,6 +115,8 @@ def decide_pruning(
             )
         if refused and allow_mass_prune and policy.prune:
             refused = None
+        if kind == "service" and not refused:
+            removed_services = set(names)
         decisions.append(PruneDecision(kind, candidates, refused))
     return decisions
 
