@@ -154,7 +154,7 @@ def _canonical_template(
 
 
 def _canonical_container(container: JSONObject) -> JSONObject:
-    container = copy.deepcopy(container)
+    # ``container`` belongs to the template copy canonical_service made.
     image = str(container.get("Image") or "")
     container["Image"] = strip_digest(image)
 

@@ -115,10 +115,15 @@ class Plan:
 
 
 def managed_service_spec(service: DesiredService) -> JSONObject:
-    """The desired spec as swarmkeeper writes it: with its ownership label."""
-    spec = copy.deepcopy(service.spec)
-    spec["Labels"] = {**spec.get("Labels", {}), MANAGED_LABEL: "true"}
-    return spec
+    """The desired spec as swarmkeeper writes it: with its ownership label.
+
+    Shallow: the nested parts are the desired state's own, so whoever
+    changes them (update_body) copies first.
+    """
+    return {
+        **service.spec,
+        "Labels": {**service.spec.get("Labels", {}), MANAGED_LABEL: "true"},
+    }
 
 
 def make_plan(
@@ -695,7 +700,7 @@ def update_body(service: DesiredService, live: JSONObject) -> JSONObject:
     would restart tasks), a pinned image digest for the same image, and the
     platforms that digest resolution added.
     """
-    spec = managed_service_spec(service)
+    spec = copy.deepcopy(managed_service_spec(service))
     live_spec = live["Spec"]
     live_template = live_spec.get("TaskTemplate") or {}
     template = spec["TaskTemplate"]

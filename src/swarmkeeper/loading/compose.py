@@ -210,7 +210,8 @@ def convert_compose_file(
         allowed_images=allowed_images,
     )
 
-    _interpolate(context)
+    if "$" in text:  # most files have no reference at all: skip the walk
+        _interpolate(context)
     if not _check_version(context):
         return None
     # Services whose own fields broke the schema are not converted (their

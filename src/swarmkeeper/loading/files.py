@@ -214,6 +214,10 @@ def resolve_scalar(text: str) -> Any:
     decimal with a leading zero is octal (``0440`` is 288), the usual spelling
     of file modes in compose files.
     """
+    # Most plain scalars are words: settle those without the patterns.
+    first = text[:1]
+    if first.isalpha() and first not in "tTfFnN":
+        return text
     if text in _NULLS:
         return None
     if text in _BOOLEANS:

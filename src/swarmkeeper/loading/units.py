@@ -15,14 +15,14 @@ from fractions import Fraction
 from typing import Any
 
 _DURATION_UNITS = {
-    "ns": Fraction(1),
-    "us": Fraction(1_000),
-    "µs": Fraction(1_000),
-    "μs": Fraction(1_000),
-    "ms": Fraction(1_000_000),
-    "s": Fraction(1_000_000_000),
-    "m": Fraction(60_000_000_000),
-    "h": Fraction(3_600_000_000_000),
+    "ns": 1,
+    "us": 1_000,
+    "µs": 1_000,  # Go accepts the micro sign
+    "μs": 1_000,  # and the Greek mu
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60_000_000_000,
+    "h": 3_600_000_000_000,
 }
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 
@@ -42,7 +42,7 @@ def parse_duration(value: Any) -> int:
         sign = -1 if text[0] == "-" else 1
         text = text[1:]
 
-    total = Fraction(0)
+    total: Fraction | int = 0
     position = 0
     while position < len(text):
         match = _DURATION_PART.match(text, position)
