@@ -66,13 +66,20 @@ class LiveState:
 
 async def read_live_state(engine: Engine) -> LiveState:
     """Read everything the diff needs, concurrently."""
-    async with asyncio.TaskGroup() as group:
-        info = group.create_task(engine.info())
-        services = group.create_task(engine.list_services())
-        networks = group.create_task(engine.list_networks())
-        configs = group.create_task(engine.list_configs())
-        secrets = group.create_task(engine.list_secrets())
-        nodes = group.create_task(engine.list_nodes())
+    from swarmkeeper.engine import EngineError
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            info = group.create_task(engine.info())
+            services = group.create_task(engine.list_services())
+            networks = group.create_task(engine.list_networks())
+            configs = group.create_task(engine.list_configs())
+            secrets = group.create_task(engine.list_secrets())
+            nodes = group.create_task(engine.list_nodes())
+    except* EngineError as failures:
+        # Six reads failing for one reason (the engine is away) are one
+        # problem to report, not a group of six.
+        raise failures.exceptions[0] from None
 
     swarm = info.result().get("Swarm") or {}
     node_id = str(swarm.get("NodeID") or "")

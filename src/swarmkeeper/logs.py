@@ -35,7 +35,13 @@ def configure_logging(
     renderer: Any
     if log_format == "json":
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
-        exceptions: list[Any] = [structlog.processors.dict_tracebacks]
+        # Tracebacks as data, without local variables: locals would carry
+        # whole specs and settings into the log.
+        exceptions: list[Any] = [
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        ]
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
         exceptions = []

@@ -601,6 +601,8 @@ def _plan_services(
             side["Labels"].pop(FAILED_AT_LABEL, None)
         fields = tuple(field_changes(have, want))
 
+        if not fields:
+            continue
         state = update_state(current) if owned else None
         if state in _HANDS_OFF_STATES:
             changes.append(
@@ -634,8 +636,6 @@ def _plan_services(
                     live=current,
                 )
             )
-            continue
-        if not fields:
             continue
         held = _held_by_failure(spec, live_spec, options) if owned else None
         if held:
