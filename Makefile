@@ -7,7 +7,7 @@ VENV ?= .venv
 STATE_DIR ?= desired-state
 BIN := $(VENV)/bin
 
-.PHONY: run test lint swarm-up swarm-down venv clean
+.PHONY: run test lint swarm-up swarm-down test-deps venv clean
 
 # The virtualenv is rebuilt when the dependency list or its pins change.
 $(BIN)/.installed: pyproject.toml constraints.txt
@@ -24,6 +24,10 @@ swarm-up:
 swarm-down:
 	scripts/local-swarm.sh down
 
+# What tests need beyond the engine (Prometheus, for the scrape test).
+test-deps:
+	scripts/test-deps.sh
+
 run: venv swarm-up
 	$(BIN)/swarmkeeper run --state-dir $(STATE_DIR)
 
@@ -32,7 +36,7 @@ lint: venv
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy src tests
 
-test: lint swarm-up
+test: lint swarm-up test-deps
 	$(BIN)/pytest
 
 clean:
