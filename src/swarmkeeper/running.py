@@ -203,6 +203,10 @@ class Daemon:
                     retry_in=round(delay, 2),
                     error=str(error),
                 )
+            # A lost stream may mean a lost engine: a pass finds out, reports
+            # it, and keeps retrying on its own back-off until it returns.
+            if delay == RETRY_MIN:
+                self.trigger("events-lost")
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, RETRY_MAX)
 
