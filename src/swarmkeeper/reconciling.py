@@ -41,6 +41,9 @@ FIGHT_LIMIT = 3
 FIGHT_WINDOW = 60.0
 FIGHT_BACKOFF = 5.0
 FIGHT_BACKOFF_MAX = 600.0
+# A contest is forgotten (its back-off starts again at FIGHT_BACKOFF) only
+# after this long without a correction: a fight that pauses is still a fight.
+FIGHT_MEMORY = 600.0
 
 
 @dataclass
@@ -48,6 +51,7 @@ class _Contest:
     corrections: list[float] = field(default_factory=list)
     fights: int = 0
     held_until: float = 0.0
+    last_correction: float = 0.0
 
 
 class FightTracker:
@@ -68,6 +72,7 @@ class FightTracker:
         contest = self._contests.setdefault((kind, name), _Contest())
         contest.corrections = [t for t in contest.corrections if now - t < FIGHT_WINDOW]
         contest.corrections.append(now)
+        contest.last_correction = now
         if len(contest.corrections) < FIGHT_LIMIT:
             return False
         backoff = min(FIGHT_BACKOFF * 2**contest.fights, FIGHT_BACKOFF_MAX)
@@ -77,10 +82,23 @@ class FightTracker:
         return True
 
     def settled(self, kind: str, name: str) -> None:
-        """The object matched in a pass: forget its history once held time is over."""
+        """The object matched in a pass: forget it once quiet for FIGHT_MEMORY."""
         contest = self._contests.get((kind, name))
-        if contest and self._clock() >= contest.held_until and not contest.corrections:
+        now = self._clock()
+        if (
+            contest
+            and now >= contest.held_until
+            and now - contest.last_correction >= FIGHT_MEMORY
+        ):
             del self._contests[(kind, name)]
+
+    def next_release(self) -> float | None:
+        """Seconds until the next held object may be corrected again, if any."""
+        now = self._clock()
+        waits = [
+            c.held_until - now for c in self._contests.values() if c.held_until > now
+        ]
+        return min(waits) if waits else None
 
 
 @dataclass

@@ -87,6 +87,7 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.loop_done = asyncio.Event()
         self._retry: asyncio.TimerHandle | None = None
+        self._hold_wake: asyncio.TimerHandle | None = None
         self._retry_delay = RETRY_MIN
 
     def trigger(self, reason: str) -> None:
@@ -155,14 +156,32 @@ class Daemon:
                 reasons = ",".join(sorted(self.reasons))
                 self.reasons.clear()
                 self.dirty.clear()
+                if "resync" in reasons and not self.reload_wanted:
+                    # The file watcher cannot see everything (a symlink
+                    # switched to another folder): compare the content.
+                    revision = await asyncio.to_thread(
+                        state_revision, self.settings.state_dir
+                    )
+                    self.reload_wanted = revision != self.reconciler.revision
                 if self.reload_wanted:
                     await self.load_desired_state()
                 result = await self.reconciler.reconcile(reasons)
                 self.probes.beat()
                 self.probes.engine_connected = self.reconciler.engine_connected
                 self._after_pass(result.outcome, result.error)
+                self._wake_for_holds()
         finally:
             self.loop_done.set()
+
+    def _wake_for_holds(self) -> None:
+        """Look again when a held (fighting) object may be corrected again."""
+        release = self.reconciler.fights.next_release()
+        if release is None:
+            return
+        if self._hold_wake is not None:
+            self._hold_wake.cancel()
+        loop = asyncio.get_running_loop()
+        self._hold_wake = loop.call_later(release + 0.05, self.trigger, "hold-ended")
 
     def _after_pass(self, outcome: str, error: str | None) -> None:
         if self.reconciler.engine_connected:
@@ -274,8 +293,9 @@ class Daemon:
         except* _Stop:
             pass
         finally:
-            if self._retry is not None:
-                self._retry.cancel()
+            for handle in (self._retry, self._hold_wake):
+                if handle is not None:
+                    handle.cancel()
 
 
 async def run_daemon(settings: Settings) -> int:
