@@ -355,7 +355,14 @@ class EngineBusy(RuntimeError):
 
 
 def running_pytest() -> list[str]:
-    """pytest processes on this machine (read from /proc; nothing is signalled)."""
+    """pytest processes on this machine (read from /proc; nothing is signalled).
+
+    With BENCH_ENGINE_IS_PRIVATE=1 (DOCKER_HOST names an engine of the
+    benchmark's own, such as one from scripts/engine-node.sh) tests elsewhere
+    cannot interfere, and this returns nothing.
+    """
+    if os.environ.get("BENCH_ENGINE_IS_PRIVATE") == "1":
+        return []
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
