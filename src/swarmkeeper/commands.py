@@ -159,8 +159,14 @@ def _plan_options(arguments: argparse.Namespace) -> Any:
 def _run_with_engine(settings: Settings, body: Any) -> int:
     """Connect, run ``body(engine)``; an engine failure becomes status 2."""
     import asyncio
+    import gc
 
     from swarmkeeper.engine import Engine, EngineError
+
+    # plan and apply are short-lived processes that build large acyclic
+    # structures (the live state, specs); the cycle collector only slowed
+    # them down. Memory is returned when the process ends.
+    gc.disable()
 
     async def main() -> int:
         async with Engine.connect(

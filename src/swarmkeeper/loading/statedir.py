@@ -18,9 +18,11 @@ line and field; it never stops at the first.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +180,36 @@ def read_desired_state(
     problems: Problems,
 ) -> DesiredState:
     """Like :func:`load_desired_state`, but leaves the problems in ``problems``."""
+    with _without_cycle_collection():
+        return _read_desired_state(
+            state_dir, secrets_dir=secrets_dir, environ=environ, problems=problems
+        )
+
+
+@contextlib.contextmanager
+def _without_cycle_collection() -> Iterator[None]:
+    """Pause Python's cycle collector while loading.
+
+    Loading builds hundreds of thousands of small dicts and lists, all trees
+    without cycles; the collector kept walking them and took 40 % of the time
+    of a 1,000-service load. Reference counting still frees everything.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _read_desired_state(
+    state_dir: Path,
+    *,
+    secrets_dir: Path | None,
+    environ: Mapping[str, str],
+    problems: Problems,
+) -> DesiredState:
     root = Path(os.path.abspath(state_dir))
     files = StateFiles(root=root, secrets_dir=secrets_dir)
     if not root.is_dir():
