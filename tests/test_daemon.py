@@ -645,18 +645,19 @@ def test_a_second_actor_flipping_replicas_gets_a_bounded_fight(
         f"holds (s) {holds}"
     )
     assert flips >= 55
-    assert updates <= FIGHT_WRITE_BOUND, (
-        f"swarmkeeper wrote {updates:g} times in a {FIGHT_SECONDS:g} s fight"
-    )
-    assert updates >= 3  # it did correct, before it backed off
     assert fights >= 1
     assert detected
     assert detected[0]["kind"] == "service"
     assert detected[0]["object"] == web
-    # The other actor never stopped, so each further fight holds longer.
+    # The other actor never stopped, so each further fight holds longer
+    # (with holds that reset, the writes grow towards the bound below).
     assert all(later > earlier for earlier, later in itertools.pairwise(holds)), (
         f"the hold did not grow from one fight to the next: {holds}"
     )
+    assert updates <= FIGHT_WRITE_BOUND, (
+        f"swarmkeeper wrote {updates:g} times in a {FIGHT_SECONDS:g} s fight"
+    )
+    assert updates >= 3  # it did correct, before it backed off
 
 
 # ------------------------------------------------------------------ probes --
