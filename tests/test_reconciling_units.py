@@ -83,3 +83,18 @@ def test_revision_follows_content_not_time(tmp_path: Path) -> None:
     (tmp_path / "stacks" / "a.yml").write_text("services: {a: {image: x}}\n")
     assert state_revision(tmp_path) != first
     assert first.startswith("dir-")
+
+
+def test_unrelated_drifts_of_one_object_are_not_a_fight() -> None:
+    tracker = FightTracker(Clock())
+
+    results = [
+        tracker.corrected("service", "s_web", ["created"]),
+        tracker.corrected("service", "s_web", ["Mode.Replicated.Replicas"]),
+        tracker.corrected("service", "s_web", ["TaskTemplate.ContainerSpec.Env"]),
+    ]
+
+    assert results == [False, False, False]
+    assert tracker.held("service", "s_web") == 0.0
+    assert tracker.corrected("service", "s_web", ["Mode.Replicated.Replicas"]) is False
+    assert tracker.corrected("service", "s_web", ["Mode.Replicated.Replicas"]) is True

@@ -16,7 +16,7 @@ doubles with each further fight (capped), and the fight is reported.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +48,10 @@ FIGHT_MEMORY = 600.0
 
 @dataclass
 class _Contest:
-    corrections: list[float] = field(default_factory=list)
+    # When each field path (or "created", for an object made again) was last
+    # corrected: a fight is the same field changed back again and again, not
+    # three unrelated drifts of one object.
+    corrections: dict[str, list[float]] = field(default_factory=dict)
     fights: int = 0
     held_until: float = 0.0
     last_correction: float = 0.0
@@ -66,14 +69,22 @@ class FightTracker:
         contest = self._contests.get((kind, name))
         return max(0.0, contest.held_until - self._clock()) if contest else 0.0
 
-    def corrected(self, kind: str, name: str) -> bool:
-        """Record one correction; True when this makes it a fight."""
+    def corrected(
+        self, kind: str, name: str, paths: Iterable[str] = ("created",)
+    ) -> bool:
+        """Record one correction of ``paths``; True when this makes it a fight."""
         now = self._clock()
         contest = self._contests.setdefault((kind, name), _Contest())
-        contest.corrections = [t for t in contest.corrections if now - t < FIGHT_WINDOW]
-        contest.corrections.append(now)
         contest.last_correction = now
-        if len(contest.corrections) < FIGHT_LIMIT:
+        contested = False
+        for path in paths:
+            times = [
+                t for t in contest.corrections.get(path, []) if now - t < FIGHT_WINDOW
+            ]
+            times.append(now)
+            contest.corrections[path] = times
+            contested = contested or len(times) >= FIGHT_LIMIT
+        if not contested:
             return False
         backoff = min(FIGHT_BACKOFF * 2**contest.fights, FIGHT_BACKOFF_MAX)
         contest.fights += 1
@@ -223,7 +234,11 @@ class Reconciler:
             if (
                 ok
                 and change.action in ("update", "create")
-                and self.fights.corrected(change.kind, change.name)
+                and self.fights.corrected(
+                    change.kind,
+                    change.name,
+                    [f.path for f in change.fields] or ["created"],
+                )
             ):
                 self.metrics.fights.labels(kind=change.kind).inc()
                 log.warning(
