@@ -145,7 +145,7 @@ def docker_cli(*arguments: str) -> None:
 
 
 def snapshot(client: Any, prefix: str) -> Snapshot:
-    """Versions of everything the test owns, and of every node (with labels)."""
+    """Versions of everything the test owns, and every node's spec."""
     api = client.api
     return {
         "services": {
@@ -168,10 +168,10 @@ def snapshot(client: Any, prefix: str) -> Snapshot:
             for s in api.secrets()
             if s["Spec"]["Name"].startswith(prefix)
         },
-        "nodes": {
-            n["ID"]: (n["Version"]["Index"], n["Spec"].get("Labels") or {})
-            for n in api.nodes()
-        },
+        # A node's version moves with the engine's own writes (network
+        # attachments change while the seed's unrunnable tasks are retried),
+        # so nodes are compared by their spec; swarmkeeper only writes specs.
+        "nodes": {n["ID"]: n["Spec"] for n in api.nodes()},
     }
 
 
