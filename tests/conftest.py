@@ -186,16 +186,27 @@ def _remove_objects(client: Any, owned: Callable[[str], bool]) -> None:
 def _restore_node_labels(
     client: Any, labels_by_node: dict[str, dict[str, str]]
 ) -> None:
+    """Put every node's labels back; node versions move all the time, so retry."""
     for node in client.nodes.list():
         before = labels_by_node.get(node.id)
         if before is None:
             continue
-        spec = node.attrs["Spec"]
-        if dict(spec.get("Labels") or {}) != before:
+        for _ in range(20):
             node.reload()
             spec = dict(node.attrs["Spec"])
+            if dict(spec.get("Labels") or {}) == before:
+                break
             spec["Labels"] = before
-            node.update(spec)
+            try:
+                node.update(spec)
+            except docker.errors.APIError as error:
+                if "out of sequence" not in str(error):
+                    raise
+                time.sleep(0.1)  # the engine wrote the node meanwhile: read again
+                continue
+            break
+        else:
+            raise RuntimeError(f"node {node.id}: labels not restored after 20 tries")
 
 
 def _ignore_missing(remove: Callable[[], Any]) -> None:
