@@ -222,8 +222,8 @@ def convert_compose_file(
         return None
     _check_service_keys(context)
 
-    context.networks = _declared_networks(context)
-    context.volumes = _declared_volumes(context)
+    context.networks = _declared(context, "networks")
+    context.volumes = _declared(context, "volumes")
     context.configs = _declared_blobs(context, "configs")
     context.secrets = _declared_blobs(context, "secrets")
 
@@ -414,23 +414,14 @@ def _check_service_keys(context: StackContext) -> None:
 # ----------------------------------------------------- top-level objects --
 
 
-def _declared_networks(context: StackContext) -> dict[str, TopLevelObject]:
-    declared: dict[str, TopLevelObject] = {}
-    for key, definition in (context.document.data.get("networks") or {}).items():
-        definition = definition or {}
-        external = _is_external(definition)
-        name = (
-            _external_name(definition, str(key))
-            if external
-            else (definition.get("name") or context.scoped(str(key)))
-        )
-        declared[str(key)] = TopLevelObject(str(key), str(name), external, definition)
-    return declared
+def _declared(context: StackContext, section: str) -> dict[str, TopLevelObject]:
+    """Top-level networks or volumes: the engine name each key stands for.
 
-
-def _declared_volumes(context: StackContext) -> dict[str, TopLevelObject]:
+    An external object keeps its own name (``name:`` or the key); the stack's
+    own ones are ``<stack>_<key>`` unless ``name:`` says otherwise.
+    """
     declared: dict[str, TopLevelObject] = {}
-    for key, definition in (context.document.data.get("volumes") or {}).items():
+    for key, definition in (context.document.data.get(section) or {}).items():
         definition = definition or {}
         external = _is_external(definition)
         name = (
