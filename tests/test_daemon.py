@@ -690,7 +690,13 @@ def test_without_an_engine_it_stays_up_ready_but_not_ready(
         stack=stack_text("swarmkeeper-test/busybox:latest", {"web": 0}),
     )
     daemon = daemons(state, env={"DOCKER_HOST": "unix:///nonexistent.sock"})
-    # READY=1 came (daemons() waited for it) without an engine.
+    # READY=1 came (daemons() waited for it) without an engine: the first
+    # pass finished by finding the engine unreachable, and that counts.
+    snapshot = daemon.ready_snapshot
+    assert snapshot is not None
+    assert "reconcile.finished" in snapshot.log_events
+    ready = daemon.notify.with_key("READY", "1")
+    assert "engine unreachable" in (ready[0].get("STATUS") or "")
     assert daemon.http_get("/healthz")[0] == 200
     daemon.wait_for(
         lambda: len(daemon.log_events("engine.unreachable")) >= 3,
@@ -722,15 +728,18 @@ def test_the_notify_protocol(
     )
     daemon = daemons(state, watchdog_usec=1_000_000)
 
-    # READY=1 once the HTTP server answers and the desired state has loaded.
+    # READY=1 once the HTTP server answers, the desired state has loaded and
+    # the first reconcile pass has finished (it created the service).
     snapshot = daemon.ready_snapshot
     assert snapshot is not None
     assert snapshot.healthz_status == 200
     assert "http.listening" in snapshot.log_events
     assert "desired_state.loaded" in snapshot.log_events
+    assert "reconcile.finished" in snapshot.log_events
     ready = daemon.notify.with_key("READY", "1")
     assert len(ready) == 1
-    assert (ready[0].get("STATUS") or "").startswith("desired state revision dir-")
+    assert (ready[0].get("STATUS") or "").startswith("success; leader; revision dir-")
+    assert swarm.client.services.get(f"{p}_web")
 
     # WATCHDOG=1 about every 0.5 s (half of WATCHDOG_USEC).
     def watchdogs() -> list[float]:

@@ -5,9 +5,11 @@ watcher, the desired-state file watcher, the resync timer, the leadership
 poll and the systemd watchdog. Triggers only mark the state dirty; the loop
 coalesces a burst of them into one pass, and passes never overlap.
 
-Start-up: the HTTP endpoints come up and the desired state is loaded, then
-systemd hears READY=1, without waiting for the engine (an engine that is
-down at boot must not get swarmkeeper killed). Shutdown on SIGTERM or
+Start-up: the HTTP endpoints come up, the desired state is loaded and the
+first reconcile pass runs; systemd hears READY=1 once that pass has
+finished, whatever its outcome. A pass that finds the engine unreachable
+has finished too, so an engine that is down at boot delays READY=1 by at
+most one engine timeout and never gets swarmkeeper killed. Shutdown on SIGTERM or
 SIGINT: no new pass starts, the pass in flight may finish its writes for up
 to ``STOP_GRACE`` seconds, then everything is cancelled. SIGHUP reloads the
 desired state.
@@ -89,6 +91,7 @@ class Daemon:
         self._retry: asyncio.TimerHandle | None = None
         self._hold_wake: asyncio.TimerHandle | None = None
         self._retry_delay = RETRY_MIN
+        self.ready_sent = False
 
     def trigger(self, reason: str) -> None:
         self.reasons.add(reason)
@@ -170,6 +173,11 @@ class Daemon:
                 self.probes.engine_connected = self.reconciler.engine_connected
                 self._after_pass(result.outcome, result.error)
                 self._wake_for_holds()
+                if not self.ready_sent:
+                    # systemd's "started" means "has reconciled once": units
+                    # ordered after swarmkeeper see a swarm it has looked at.
+                    self.ready_sent = True
+                    self.notifier.ready(self._pass_status(result.outcome))
         finally:
             self.loop_done.set()
 
@@ -183,13 +191,17 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self._hold_wake = loop.call_later(release + 0.05, self.trigger, "hold-ended")
 
+    def _pass_status(self, outcome: str) -> str:
+        """The STATUS= line after a pass: its outcome, our role, the revision."""
+        if not self.reconciler.engine_connected:
+            return f"{outcome}; engine unreachable; revision {self.reconciler.revision}"
+        role = "leader" if self.reconciler.is_leader else "follower"
+        return f"{outcome}; {role}; revision {self.reconciler.revision}"
+
     def _after_pass(self, outcome: str, error: str | None) -> None:
         if self.reconciler.engine_connected:
             self._retry_delay = RETRY_MIN
-            role = "leader" if self.reconciler.is_leader else "follower"
-            self.notifier.status(
-                f"{outcome}; {role}; revision {self.reconciler.revision}"
-            )
+            self.notifier.status(self._pass_status(outcome))
             return
         # The engine is away: look again after a growing, jittered pause.
         delay = self._retry_delay * (0.5 + random.random())  # jitter, not crypto
@@ -336,7 +348,6 @@ async def run_daemon(settings: Settings) -> int:
             loop.add_signal_handler(signal.SIGHUP, daemon.reload)
 
             await daemon.load_desired_state()
-            notifier.ready(f"desired state revision {reconciler.revision}")
             log.info(
                 "daemon.started", mode=settings.mode, state_dir=str(settings.state_dir)
             )
