@@ -5,6 +5,9 @@
 #
 # Installs, from Debian's packages:
 #   prometheus   the server and promtool, for tests/test_daemon_prometheus.py
+#                and the rules, config and dashboard tests of deploy/
+#   systemd      systemd-analyze, for tests/test_deploy_systemd.py (nothing is
+#                started: process 1 stays what it is)
 #
 # Quiet when everything is already there; says what it installs otherwise, and
 # exits non-zero, naming what is missing, when it cannot install it. The engine
@@ -13,8 +16,8 @@ set -euo pipefail
 
 readonly PROG=${0##*/}
 # Debian's packages and the commands that prove each one is installed.
-readonly PACKAGES=(prometheus)
-readonly COMMANDS=(prometheus promtool)
+readonly PACKAGES=(prometheus systemd)
+readonly COMMANDS=(prometheus promtool systemd-analyze)
 
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
