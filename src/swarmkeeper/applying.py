@@ -10,6 +10,10 @@ answers "update out of sequence" (someone else wrote in between: a person,
 the allocator, the updater), the object is read again, the difference
 recomputed, and the write retried with jittered back-off; if the difference
 is gone, nothing is written.
+
+The daemon passes ``may_write``, asked before every write: once it says no
+(this instance is no longer on the swarm's leader), the writes not yet made
+are skipped, not attempted.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from swarmkeeper.desired import (
     DesiredState,
 )
 from swarmkeeper.diffing import canonical_service, field_changes
-from swarmkeeper.engine import Engine, EngineError, OutOfSequence
+from swarmkeeper.engine import Engine, EngineError, OutOfSequence, SwarmUnavailable
 from swarmkeeper.live import MANAGED_LABEL, LiveState
 from swarmkeeper.logs import get_logger
 from swarmkeeper.planning import (
@@ -63,6 +67,10 @@ class ApplyResult:
 
     writes: int = 0
     failures: list[tuple[Change, str]] = field(default_factory=list)
+    # (kind, name) of the changes not attempted because may_write said no.
+    skipped: set[tuple[str, str]] = field(default_factory=set)
+    # A write was refused because the swarm has no leader from this node.
+    swarm_unavailable: bool = False
 
     @property
     def ok(self) -> bool:
@@ -111,6 +119,7 @@ async def apply_plan(
     live: LiveState,
     *,
     concurrency: int = 8,
+    may_write: Callable[[], bool] | None = None,
 ) -> ApplyResult:
     """Make every write the plan calls for; failures are collected, not raised."""
     result = ApplyResult()
@@ -119,6 +128,11 @@ async def apply_plan(
 
     async def run(change: Change, write: Callable[[], Awaitable[int]]) -> None:
         async with limit:
+            if may_write is not None and not may_write():
+                if not result.skipped:
+                    log.warning("write.skipped", reason="leadership lost")
+                result.skipped.add((change.kind, change.name))
+                return
             try:
                 # Awaited first, then added: `+=` would read the total before
                 # the await and lose the other tasks' writes.
@@ -126,6 +140,8 @@ async def apply_plan(
                 result.writes += made
             except (EngineError, LookupError) as error:
                 result.failures.append((change, str(error)))
+                if isinstance(error, SwarmUnavailable):
+                    result.swarm_unavailable = True
                 log.error(
                     f"{change.kind}.{change.action}.failed",
                     object=change.name,

@@ -40,6 +40,13 @@ class Metrics:
             "1 when the last engine call succeeded",
             registry=r,
         )
+        self.swarm_quorum = Gauge(
+            "swarmkeeper_swarm_quorum",
+            "1 when this instance's manager reaches a swarm leader and sees a "
+            "majority of the managers; 0 when cut off, without quorum or "
+            "without an engine",
+            registry=r,
+        )
         self.reconciles = Counter(
             "swarmkeeper_reconcile",
             "Reconcile passes by result",

@@ -5,6 +5,14 @@ watcher, the desired-state file watcher, the resync timer, the leadership
 poll and the systemd watchdog. Triggers only mark the state dirty; the loop
 coalesces a burst of them into one pass, and passes never overlap.
 
+Several managers each run an instance; the swarm's own Raft election decides
+which one writes. The leadership poll reads this node's standing every
+``LEADERSHIP_POLL`` seconds (an election may come with no event at all) and
+runs a pass at once when it changes: a new leader converges within seconds,
+an old one stops writing before its next write. A pass whose writes failed
+(the swarm lost its leader under it, a version race lost five times) is
+retried after a growing pause, never at once.
+
 Start-up: the HTTP endpoints come up and the desired state is loaded, then
 systemd hears READY=1, without waiting for the engine (an engine that is
 down at boot must not get swarmkeeper killed). Shutdown on SIGTERM or
@@ -22,14 +30,16 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from swarmkeeper.engine import Engine, EngineError
+from swarmkeeper.live import read_leadership
 from swarmkeeper.logs import get_logger
 from swarmkeeper.metrics import EVENT_TYPES, Metrics
 from swarmkeeper.notify import Notifier
-from swarmkeeper.reconciling import Reconciler
+from swarmkeeper.reconciling import PassResult, Reconciler
 from swarmkeeper.serving import STALL_SECONDS, Probes, make_app
 
 if TYPE_CHECKING:
@@ -39,9 +49,13 @@ log = get_logger("swarmkeeper.running")
 
 COALESCE_SECONDS = 0.02  # let a burst of events arrive before reading
 STOP_GRACE = 8.0  # seconds the pass in flight may take to finish on SIGTERM
-LEADERSHIP_POLL = 5.0
+LEADERSHIP_POLL = 2.0  # seconds; the takeover after an election waits up to this
 FILE_SETTLE_MS = 300  # a change to the desired state counts once writes stop
 RETRY_MIN, RETRY_MAX = 0.5, 30.0  # engine outage back-off, seconds
+WRITE_RETRY_MIN = 2.0  # failed writes: first pause, doubling up to RETRY_MAX
+# A pass waiting on an engine call is alive while the call is within its
+# deadline; this much past it, the loop counts as stuck (/healthz says so).
+CALL_STALL_MARGIN = 5.0
 
 
 class _Stop(Exception):
@@ -89,6 +103,7 @@ class Daemon:
         self._retry: asyncio.TimerHandle | None = None
         self._hold_wake: asyncio.TimerHandle | None = None
         self._retry_delay = RETRY_MIN
+        self._write_retry_delay = WRITE_RETRY_MIN
 
     def trigger(self, reason: str) -> None:
         self.reasons.add(reason)
@@ -165,13 +180,41 @@ class Daemon:
                     self.reload_wanted = revision != self.reconciler.revision
                 if self.reload_wanted:
                     await self.load_desired_state()
-                result = await self.reconciler.reconcile(reasons)
+                result = await self._beating(self.reconciler.reconcile(reasons))
                 self.probes.beat()
-                self.probes.engine_connected = self.reconciler.engine_connected
-                self._after_pass(result.outcome, result.error)
+                self._publish()
+                self._after_pass(result)
                 self._wake_for_holds()
         finally:
             self.loop_done.set()
+
+    async def _beating(self, work: Awaitable[PassResult]) -> PassResult:
+        """Await a pass, beating while it waits on engine calls within their deadline.
+
+        A write to a manager that is losing its quorum can hang until the
+        engine gives up on it (about 18 s here) or until ``engine_timeout``:
+        that is a slow engine, not a stuck daemon, and /healthz and the
+        systemd watchdog must not restart it for that.
+        """
+        task = asyncio.ensure_future(work)
+        limit = self.engine.call_timeout + CALL_STALL_MARGIN
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=1.0)
+                if done:
+                    return task.result()
+                if self.engine.oldest_call_age() < limit:
+                    self.probes.beat()
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def _publish(self) -> None:
+        """Copy what the probes say of the engine and swarm from the reconciler."""
+        self.probes.engine_connected = self.reconciler.engine_connected
+        self.probes.swarm_problem = self.reconciler.swarm_problem
 
     def _wake_for_holds(self) -> None:
         """Look again when a held (fighting) object may be corrected again."""
@@ -183,23 +226,57 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self._hold_wake = loop.call_later(release + 0.05, self.trigger, "hold-ended")
 
-    def _after_pass(self, outcome: str, error: str | None) -> None:
-        if self.reconciler.engine_connected:
+    def _after_pass(self, result: PassResult) -> None:
+        if self.reconciler.engine_connected and not result.failures:
             self._retry_delay = RETRY_MIN
+            self._write_retry_delay = WRITE_RETRY_MIN
             role = "leader" if self.reconciler.is_leader else "follower"
             self.notifier.status(
-                f"{outcome}; {role}; revision {self.reconciler.revision}"
+                f"{result.outcome}; {role}; revision {self.reconciler.revision}"
             )
             return
-        # The engine is away: look again after a growing, jittered pause.
-        delay = self._retry_delay * (0.5 + random.random())  # jitter, not crypto
-        self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
-        self.notifier.status(f"engine unreachable; retrying in {delay:.1f} s")
-        log.warning("engine.unreachable", retry_in=round(delay, 2), error=error)
-        loop = asyncio.get_running_loop()
+
+        if self.reconciler.engine_connected:
+            # Some writes failed: try again later, not in a tight loop (a
+            # failed write sends no event that would end it either).
+            delay = self._jittered("_write_retry_delay")
+            self.notifier.status(
+                f"{result.failures} writes failed; retrying in {delay:.1f} s"
+            )
+            log.warning(
+                "reconcile.retrying", retry_in=round(delay, 2), failures=result.failures
+            )
+        elif self.reconciler.swarm_problem and not self.reconciler.quorum:
+            # The engine answers, its swarm does not: cut off or no quorum.
+            # The leadership poll runs a pass as soon as that ends.
+            delay = self._jittered("_retry_delay")
+            self.notifier.status(f"swarm unavailable; retrying in {delay:.1f} s")
+            log.warning(
+                "swarm.unavailable", retry_in=round(delay, 2), error=result.error
+            )
+        else:
+            # The engine is away: look again after a growing, jittered pause.
+            delay = self._jittered("_retry_delay")
+            self.notifier.status(f"engine unreachable; retrying in {delay:.1f} s")
+            log.warning(
+                "engine.unreachable", retry_in=round(delay, 2), error=result.error
+            )
+        self._schedule_retry(delay)
+
+    def _jittered(self, attribute: str) -> float:
+        """The next pause of the back-off kept in ``attribute``, which then doubles."""
+        base: float = getattr(self, attribute)
+        setattr(self, attribute, min(base * 2, RETRY_MAX))
+        return base * (0.5 + random.random())  # jitter, not crypto
+
+    def _schedule_retry(self, delay: float | None) -> None:
+        """A pass after ``delay`` seconds (None: cancel the pending one)."""
         if self._retry is not None:
             self._retry.cancel()
-        self._retry = loop.call_later(delay, self.trigger, "retry")
+            self._retry = None
+        if delay is not None:
+            loop = asyncio.get_running_loop()
+            self._retry = loop.call_later(delay, self.trigger, "retry")
 
     async def watch_events(self) -> None:
         delay = RETRY_MIN
@@ -251,19 +328,25 @@ class Daemon:
             self.trigger("resync")
 
     async def leadership_poll(self) -> None:
-        """An election may emit no event: look at our own node every few seconds."""
+        """An election may emit no event: look at our own node every few seconds.
+
+        A change of leadership or quorum takes effect at once (an instance
+        that lost leadership skips its remaining writes) and runs a pass now,
+        whatever back-off was pending: a new leader resyncs and converges, a
+        swarm that regained its quorum is read again.
+        """
         while True:
             await asyncio.sleep(LEADERSHIP_POLL)
-            with contextlib.suppress(EngineError):
-                info = await self.engine.info()
-                node_id = (info.get("Swarm") or {}).get("NodeID")
-                if not node_id:
-                    continue
-                node = await self.engine.inspect_node(node_id)
-                leader = bool((node.get("ManagerStatus") or {}).get("Leader"))
-                if leader != self.reconciler.is_leader:
-                    log.info("leadership.changed", leader=leader)
-                    self.trigger("leadership")
+            try:
+                leadership = await read_leadership(self.engine)
+            except EngineError:
+                continue  # the engine is away: the passes report and retry that
+            if self.reconciler.observe_leadership(leadership):
+                self._publish()
+                self._retry_delay = RETRY_MIN
+                self._write_retry_delay = WRITE_RETRY_MIN
+                self._schedule_retry(None)
+                self.trigger("leadership")
 
     async def watchdog(self, interval: float) -> None:
         while True:

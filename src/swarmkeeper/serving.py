@@ -4,7 +4,9 @@
 * ``/healthz``: 200 while the reconcile loop is alive (it beats at least once
   a second), 503 when it has stalled.
 * ``/readyz``: 200 when the engine answered the last pass and a desired
-  state has loaded; 503 with the reason otherwise.
+  state has loaded; 503 with the reasons otherwise (the engine away, or its
+  swarm without a leader from this manager: cut off, quorum lost). A
+  follower is ready: it reads, reports and stands by.
 * ``/status``: every managed object's sync and health state, as JSON.
 """
 
@@ -29,6 +31,8 @@ class Probes:
     def __init__(self) -> None:
         self.heartbeat = time.monotonic()
         self.engine_connected = False
+        # Why this manager's swarm does not answer (cut off, no quorum), if so.
+        self.swarm_problem: str | None = None
         self.desired_loaded = False
         self.desired_valid = False
         self.status: Callable[[], dict[str, Any]] = dict
@@ -53,7 +57,12 @@ def make_app(metrics: Metrics, probes: Probes) -> web.Application:
 
     async def readyz(request: web.Request) -> web.Response:
         reasons = []
-        if not probes.engine_connected:
+        if probes.swarm_problem:
+            reasons.append(
+                "the swarm has no leader or quorum from this manager: "
+                + probes.swarm_problem
+            )
+        if not probes.engine_connected and not probes.swarm_problem:
             reasons.append("the engine did not answer the last pass")
         if not probes.desired_loaded:
             reasons.append("no desired state has loaded")
