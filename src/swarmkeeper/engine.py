@@ -63,15 +63,18 @@ class SwarmUnavailable(EngineError):
 
 
 # How the engine (20.10 to 28) says that its manager cannot reach a swarm
-# leader. It answers these with status 500 ("rpc error: code = Unknown"), so
-# the text is all there is to tell them from other server errors: a cut-off
-# manager refuses reads and writes with the first once it knows it has no
-# leader, and a write it accepted while still believing itself leader fails
-# with the second when Raft gives up on it (seen after about 18 s).
+# leader. It answers these with status 500 ("rpc error: code = ..."), so the
+# text is all there is to tell them from other server errors. Seen on a
+# manager cut off from the others: a write it accepted while still believing
+# itself leader fails with "lost leader status" when Raft gives up on it
+# (after 12 to 18 s); a read forwarded to a leader that is gone fails after
+# 20 s with "DeadlineExceeded"; once the manager knows it has no leader,
+# every swarm call fails at once with "does not have a leader".
 NO_LEADER_MARKERS = (
     "does not have a leader",
     "lost leader status",
     "raft: failed to process the request",
+    "rpc error: code = deadlineexceeded",
     "this node is not a swarm manager",
 )
 
