@@ -143,6 +143,19 @@ def one_reports_leader(bed: Bed, expected: Instance) -> bool:
     return values[id(expected)] == 1 and sum(values.values()) == 1
 
 
+def reports_no_quorum(instance: Instance) -> bool:
+    """The instance says its swarm is unavailable, staying healthy while it waits.
+
+    Its write may hang in the engine meanwhile: /healthz must stay 200.
+    """
+    assert instance.daemon.http_get("/healthz")[0] == 200, instance.daemon.log_tail()
+    return (
+        instance.daemon.http_get("/readyz")[0] == 503
+        and instance.metric("swarmkeeper_swarm_quorum") == 0
+        and instance.metric("swarmkeeper_leader") == 0
+    )
+
+
 def ready_with_quorum(instance: Instance) -> bool:
     return (
         instance.metric("swarmkeeper_swarm_quorum") == 1
@@ -322,11 +335,7 @@ def test_a_cut_off_leader_stops_writing_says_so_and_recovers(bed: Bed) -> None:
     write_state(cut.state_dir, "only-on-the-cut-off-side")
 
     cut.daemon.wait_for(
-        lambda: (
-            cut.daemon.http_get("/readyz")[0] == 503
-            and cut.metric("swarmkeeper_swarm_quorum") == 0
-            and cut.metric("swarmkeeper_leader") == 0
-        ),
+        lambda: reports_no_quorum(cut),
         timeout=ELECTION_LIMIT,
         what="the cut-off instance reporting that its swarm has no quorum",
         interval=0.5,
