@@ -36,6 +36,7 @@ Waits poll a condition until a deadline; nothing sleeps for a fixed time.
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import shutil
@@ -117,7 +118,7 @@ class PrivateEngine:
         command_timeout: float = 180.0,
         environment: Mapping[str, str] | None = None,
     ) -> None:
-        self.name = name or f"pe{secrets.token_hex(3)}"
+        self.name = name or node_names(1)[0]
         self.script = script
         self.command_timeout = command_timeout
         # For the script (and the dockerd it starts): PATH, SKENG_* settings.
@@ -374,20 +375,26 @@ class PrivateEngine:
         return result.stdout
 
 
+# How many names SWARMKEEPER_TEST_ENGINES has handed out, to go round them.
+_pinned_names_used = itertools.count()
+
+
 def node_names(count: int) -> list[str]:
     """Names for ``count`` new nodes: random, or from SWARMKEEPER_TEST_ENGINES.
 
     SWARMKEEPER_TEST_ENGINES (comma-separated) pins the names, for a person
-    who may use only some node names on a shared machine.
+    allowed only some node names on a shared machine. They are handed out
+    in turn, going round, so engines made one after another get different
+    names while there are enough of them.
     """
     pinned = [n for n in os.environ.get("SWARMKEEPER_TEST_ENGINES", "").split(",") if n]
-    if pinned:
-        if len(pinned) < count:
-            raise EngineNodeError(
-                f"SWARMKEEPER_TEST_ENGINES names {len(pinned)} nodes, {count} needed"
-            )
-        return pinned[:count]
-    return [f"pe{secrets.token_hex(3)}" for _ in range(count)]
+    if not pinned:
+        return [f"pe{secrets.token_hex(3)}" for _ in range(count)]
+    if len(pinned) < count:
+        raise EngineNodeError(
+            f"SWARMKEEPER_TEST_ENGINES names {len(pinned)} nodes, {count} needed"
+        )
+    return [pinned[next(_pinned_names_used) % len(pinned)] for _ in range(count)]
 
 
 class PrivateCluster:
