@@ -172,7 +172,7 @@ class Reconciler:
         """
         may_write = leadership.may_write
         changed = may_write != self.is_leader or leadership.quorum != self.quorum
-        if leadership.quorum and self.quorum is False:
+        if leadership.quorum and self.quorum is False and self.swarm_problem:
             log.info("swarm.quorum_regained", node=leadership.node_id)
         elif not leadership.quorum and self.quorum and leadership.problem:
             # (An engine that does not answer is logged as that, elsewhere.)
