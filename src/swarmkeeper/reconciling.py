@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
 from swarmkeeper.desired import STACK_NAMESPACE_LABEL, DesiredState
 from swarmkeeper.engine import Engine, EngineError
 from swarmkeeper.live import LiveState, is_owned, read_live_state
@@ -157,6 +159,12 @@ class Reconciler:
             self.metrics.set_stacks(set(desired.stacks))
 
     async def reconcile(self, trigger: str) -> PassResult:
+        # Every line logged during the pass (its writes included) names the
+        # revision being converged.
+        with structlog.contextvars.bound_contextvars(revision=self.revision):
+            return await self._reconcile(trigger)
+
+    async def _reconcile(self, trigger: str) -> PassResult:
         started = time.monotonic()
         result = await self._pass()
         duration = time.monotonic() - started
@@ -171,7 +179,6 @@ class Reconciler:
             trigger=trigger,
             outcome=result.outcome,
             duration_ms=round(duration * 1000, 1),
-            revision=self.revision,
             leader=self.is_leader,
             mode=self.mode,
             writes=result.writes,
@@ -220,7 +227,9 @@ class Reconciler:
         ):
             return PassResult("success", plan=plan)
 
-        outcome = await apply_plan(self.engine, plan, self.desired, live)
+        outcome = await apply_plan(
+            self.engine, plan, self.desired, live, revision=self.revision
+        )
         failed = {(change.kind, change.name) for change, _ in outcome.failures}
         for change in plan.changes:
             if not change.writes:
