@@ -144,6 +144,9 @@ class Reconciler:
         self.engine_connected = False
         self.is_leader = False
         self.status: dict[str, Any] = {"objects": [], "last_pass": None}
+        # The revision the last writing pass converged to: the first pass of
+        # a new revision carries out a change request, it corrects no drift.
+        self._written_revision: str | None = None
 
     def set_desired(
         self, desired: DesiredState | None, *, valid: bool, revision: str | None
@@ -230,6 +233,8 @@ class Reconciler:
         outcome = await apply_plan(
             self.engine, plan, self.desired, live, revision=self.revision
         )
+        new_revision = self.revision != self._written_revision
+        self._written_revision = self.revision
         failed = {(change.kind, change.name) for change, _ in outcome.failures}
         for change in plan.changes:
             if not change.writes:
@@ -242,6 +247,7 @@ class Reconciler:
             ).inc()
             if (
                 ok
+                and not new_revision
                 and change.action in ("update", "create")
                 and self.fights.corrected(
                     change.kind,
