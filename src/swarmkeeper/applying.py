@@ -32,7 +32,7 @@ from swarmkeeper.desired import (
     DesiredService,
     DesiredState,
 )
-from swarmkeeper.diffing import canonical_service, field_changes
+from swarmkeeper.diffing import REVISION_LABEL, canonical_service, field_changes
 from swarmkeeper.engine import Engine, EngineError, OutOfSequence, SwarmUnavailable
 from swarmkeeper.live import MANAGED_LABEL, LiveState
 from swarmkeeper.logs import get_logger
@@ -120,8 +120,13 @@ async def apply_plan(
     *,
     concurrency: int = 8,
     may_write: Callable[[], bool] | None = None,
+    revision: str | None = None,
 ) -> ApplyResult:
-    """Make every write the plan calls for; failures are collected, not raised."""
+    """Make every write the plan calls for; failures are collected, not raised.
+
+    ``revision`` goes into the label ``swarmkeeper.revision`` of each service
+    this creates, updates, recreates or adopts, and of no other.
+    """
     result = ApplyResult()
     references = _References(live)
     limit = asyncio.Semaphore(concurrency)
@@ -164,13 +169,17 @@ async def apply_plan(
     for todo in phases:
         async with asyncio.TaskGroup() as group:
             for change in todo:
-                write = _writer(engine, change, desired, references)
+                write = _writer(engine, change, desired, references, revision)
                 group.create_task(run(change, write))
     return result
 
 
 def _writer(
-    engine: Engine, change: Change, desired: DesiredState, references: _References
+    engine: Engine,
+    change: Change,
+    desired: DesiredState,
+    references: _References,
+    revision: str | None,
 ) -> Callable[[], Awaitable[int]]:
     if change.action == REMOVE:
         return lambda: _remove(engine, change)
@@ -184,7 +193,7 @@ def _writer(
         return lambda: _create_blob(engine, change, references)
     if change.kind == "node":
         return lambda: _update_node(engine, change, desired)
-    return lambda: _write_service(engine, change, references)
+    return lambda: _write_service(engine, change, references, revision)
 
 
 async def _create_network(
@@ -307,13 +316,20 @@ async def _update_node(engine: Engine, change: Change, desired: DesiredState) ->
     )
 
 
+def _labelled(spec: JSONObject, revision: str | None) -> JSONObject:
+    """The spec with the revision label (``spec`` is a copy the caller owns)."""
+    if revision:
+        spec["Labels"] = {**(spec.get("Labels") or {}), REVISION_LABEL: revision}
+    return spec
+
+
 async def _write_service(
-    engine: Engine, change: Change, references: _References
+    engine: Engine, change: Change, references: _References, revision: str | None
 ) -> int:
     service: DesiredService = change.desired
     if change.action == CREATE:
         service_id = await engine.create_service(
-            references.resolve(managed_service_spec(service))
+            _labelled(references.resolve(managed_service_spec(service)), revision)
         )
         log.info("service.created", service=service.name, id=service_id)
         return 1
@@ -322,14 +338,14 @@ async def _write_service(
     if change.action == RECREATE:
         await engine.remove_service(live["ID"])
         service_id = await engine.create_service(
-            references.resolve(managed_service_spec(service))
+            _labelled(references.resolve(managed_service_spec(service)), revision)
         )
         log.info("service.recreated", service=service.name, id=service_id)
         return 2
 
     assert change.action in (UPDATE, ADOPT)
     for attempt in range(MAX_ATTEMPTS):
-        body = references.resolve(update_body(service, live))
+        body = _labelled(references.resolve(update_body(service, live)), revision)
         try:
             await engine.update_service(
                 live["ID"], version=live["Version"]["Index"], spec=body

@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
 from swarmkeeper.desired import STACK_NAMESPACE_LABEL, DesiredState
 from swarmkeeper.engine import Engine, EngineError, SwarmUnavailable
 from swarmkeeper.live import (
@@ -163,6 +165,9 @@ class Reconciler:
         self.quorum: bool | None = None  # None until first known
         self.swarm_problem: str | None = None
         self.status: dict[str, Any] = {"objects": [], "last_pass": None}
+        # The revision the last writing pass converged to: the first pass of
+        # a new revision carries out a change request, it corrects no drift.
+        self._written_revision: str | None = None
 
     def observe_leadership(self, leadership: Leadership) -> bool:
         """Take a fresh reading of leadership and quorum; True when either changed.
@@ -208,6 +213,12 @@ class Reconciler:
             self.metrics.set_stacks(set(desired.stacks))
 
     async def reconcile(self, trigger: str) -> PassResult:
+        # Every line logged during the pass (its writes included) names the
+        # revision being converged.
+        with structlog.contextvars.bound_contextvars(revision=self.revision):
+            return await self._reconcile(trigger)
+
+    async def _reconcile(self, trigger: str) -> PassResult:
         started = time.monotonic()
         result = await self._pass()
         duration = time.monotonic() - started
@@ -222,7 +233,6 @@ class Reconciler:
             trigger=trigger,
             outcome=result.outcome,
             duration_ms=round(duration * 1000, 1),
-            revision=self.revision,
             leader=self.is_leader,
             mode=self.mode,
             writes=result.writes,
@@ -281,8 +291,15 @@ class Reconciler:
             return PassResult("success", plan=plan)
 
         outcome = await apply_plan(
-            self.engine, plan, self.desired, live, may_write=lambda: self.is_leader
+            self.engine,
+            plan,
+            self.desired,
+            live,
+            may_write=lambda: self.is_leader,
+            revision=self.revision,
         )
+        new_revision = self.revision != self._written_revision
+        self._written_revision = self.revision
         if outcome.swarm_unavailable:
             # Raft refused a write for want of a leader: this node cannot
             # write now, whatever it last read about itself.
@@ -306,6 +323,7 @@ class Reconciler:
             ).inc()
             if (
                 ok
+                and not new_revision
                 and change.action in ("update", "create")
                 and self.fights.corrected(
                     change.kind,
