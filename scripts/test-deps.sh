@@ -8,6 +8,9 @@
 #                and the rules, config and dashboard tests of deploy/
 #   systemd      systemd-analyze, for tests/test_deploy_systemd.py (nothing is
 #                started: process 1 stays what it is)
+#   iproute2     ip, for the private engines of scripts/engine-node.sh (the
+#                failover tests' several managers); nsenter, unshare and
+#                flock come with util-linux, which every Debian has
 #
 # Quiet when everything is already there; says what it installs otherwise, and
 # exits non-zero, naming what is missing, when it cannot install it. The engine
@@ -16,8 +19,8 @@ set -euo pipefail
 
 readonly PROG=${0##*/}
 # Debian's packages and the commands that prove each one is installed.
-readonly PACKAGES=(prometheus systemd)
-readonly COMMANDS=(prometheus promtool systemd-analyze)
+readonly PACKAGES=(prometheus systemd iproute2)
+readonly COMMANDS=(prometheus promtool systemd-analyze ip)
 
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
