@@ -49,14 +49,22 @@ def tool(name: str) -> str:
 class Prometheus:
     """One Prometheus server on loopback, with its own storage, for one test."""
 
-    def __init__(self, work_dir: Path, target: str, scrape_interval: str = "1s"):
+    def __init__(
+        self,
+        work_dir: Path,
+        target: str,
+        scrape_interval: str = "1s",
+        config_text: str | None = None,
+    ):
+        """``config_text``, when given, replaces the one-job configuration."""
         self.binary = tool("prometheus")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         work_dir.mkdir(parents=True, exist_ok=True)
         self.config = work_dir / "prometheus.yml"
         self.config.write_text(
-            "global:\n"
+            config_text
+            or "global:\n"
             f"  scrape_interval: {scrape_interval}\n"
             f"  evaluation_interval: {scrape_interval}\n"
             "scrape_configs:\n"
