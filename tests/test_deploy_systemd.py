@@ -222,7 +222,13 @@ class TestEnvironmentFile:
                 assert shown == str(default), variable
 
     def test_lines_are_plain_assignments(self) -> None:
-        """systemd takes KEY=VALUE: no ``export``, no spaces around ``=``."""
+        """systemd takes KEY=VALUE: no ``export``, no spaces around ``=``.
+
+        A value with spaces must be in double quotes (systemd strips them).
+        """
+        assignment = re.compile(r"#?[A-Z][A-Z0-9_]*=(\S*|\"[^\"]*\")")
         for number, line in enumerate(ENV_FILE.read_text().splitlines(), 1):
-            if line.startswith("#SWARMKEEPER_") or (line and not line.startswith("#")):
-                assert re.fullmatch(r"#?[A-Z][A-Z0-9_]*=\S*", line), f"line {number}"
+            if re.match(r"#?[A-Z][A-Z0-9_]*=", line) or (
+                line and not line.startswith("#")
+            ):
+                assert assignment.fullmatch(line), f"line {number}: {line}"
