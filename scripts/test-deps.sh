@@ -8,6 +8,9 @@
 #                and the rules, config and dashboard tests of deploy/
 #   systemd      systemd-analyze, for tests/test_deploy_systemd.py (nothing is
 #                started: process 1 stays what it is)
+#   strace       for tests/test_deploy_syscalls.py: the unit's system call
+#                filter and address families against what the daemon, git,
+#                gpg and ssh really call
 #   iproute2     ip, for the private engines of scripts/engine-node.sh (the
 #                failover tests' several managers); nsenter, unshare and
 #                flock come with util-linux, which every Debian has
@@ -19,8 +22,8 @@ set -euo pipefail
 
 readonly PROG=${0##*/}
 # Debian's packages and the commands that prove each one is installed.
-readonly PACKAGES=(prometheus systemd iproute2)
-readonly COMMANDS=(prometheus promtool systemd-analyze ip)
+readonly PACKAGES=(prometheus systemd strace iproute2)
+readonly COMMANDS=(prometheus promtool systemd-analyze strace ip)
 
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
