@@ -158,10 +158,13 @@ class Reconciler:
 
     async def reconcile(self, trigger: str) -> PassResult:
         started = time.monotonic()
+        cpu_started = time.thread_time()
         result = await self._pass()
         duration = time.monotonic() - started
+        cpu = time.thread_time() - cpu_started
 
         self.metrics.reconcile_duration.observe(duration)
+        self.metrics.reconcile_cpu.observe(cpu)
         self.metrics.reconciles.labels(result=result.outcome).inc()
         if result.outcome == "success":
             self.metrics.last_success.set(time.time())
@@ -171,6 +174,7 @@ class Reconciler:
             trigger=trigger,
             outcome=result.outcome,
             duration_ms=round(duration * 1000, 1),
+            cpu_ms=round(cpu * 1000, 1),
             revision=self.revision,
             leader=self.is_leader,
             mode=self.mode,
@@ -183,6 +187,7 @@ class Reconciler:
             "trigger": trigger,
             "outcome": result.outcome,
             "duration_seconds": round(duration, 4),
+            "cpu_seconds": round(cpu, 4),
             "finished_at": time.time(),
             "writes": result.writes,
             "error": result.error,
