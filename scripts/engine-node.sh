@@ -29,6 +29,27 @@
 #       run COMMAND in the node's network namespace (the host cannot reach
 #       node addresses)
 #   scripts/engine-node.sh list            names of the existing nodes
+#   scripts/engine-node.sh cluster up NAME... [--heartbeat DURATION] [--image IMAGE]
+#       a swarm of several managers: the first NAME is up as a swarm of its
+#       own, the others come up beside it and join it as managers (three or
+#       five keep quorum when one fails). --image copies IMAGE from the
+#       caller's default engine (docker save, read only) into every node.
+#       Idempotent: nodes already up and joined are left as they are.
+#   scripts/engine-node.sh cluster status NAME...
+#       one line per node: name, engine, swarm state, leader, address;
+#       exit 0 when exactly one answering node says it is the leader
+#   scripts/engine-node.sh cluster down NAME...
+#       down every node (the hub goes once no node is left)
+#
+#   Trying failover by hand, say with nodes m1 m2 m3:
+#       engine-node.sh cluster up m1 m2 m3 --image swarmkeeper-test/busybox:latest
+#       engine-node.sh cluster status m1 m2 m3      # who leads?
+#       engine-node.sh stop m1 --timeout 5          # stop the leader's engine
+#       engine-node.sh cluster status m1 m2 m3      # a new leader in 10-30 s
+#       engine-node.sh start m1                     # back, as a follower
+#       engine-node.sh cut m2; engine-node.sh heal m2   # a partition, and its end
+#       DOCKER_HOST=unix://$(engine-node.sh socket m2) docker node ls
+#       engine-node.sh cluster down m1 m2 m3
 #
 # Environment:
 #   SKENG_RUN     run folder: sockets, pidfiles, exec roots (default /run/skeng)
@@ -656,6 +677,119 @@ cmd_exec() {
     exec nsenter --net="/run/netns/$NS" -- "$@"
 }
 
+# ------------------------------------------------------------------ cluster --
+
+# cluster_up NAME... [options]: see the usage at the top.
+cluster_up() {
+    local heartbeat='' image='' names=() name first pid pids=() failed=0
+    while (($#)); do
+        case $1 in
+            --heartbeat) heartbeat=${2-}; shift ;;
+            --image) image=${2-}; shift ;;
+            -*) die "unknown option for cluster up: $1" ;;
+            *) check_name "$1"; names+=("$1") ;;
+        esac
+        shift
+    done
+    ((${#names[@]} >= 1)) || die "usage: $PROG cluster up NAME... [--heartbeat D] [--image IMAGE]"
+    require_root; require_tools
+    first=${names[0]}
+
+    # Every engine starts at once (the script locks only the shared structure);
+    # only the first makes a swarm, the others wait for `join`.
+    local up_args=()
+    [[ -n $heartbeat ]] && up_args+=(--heartbeat "$heartbeat")
+    "$SELF" up "$first" "${up_args[@]}" & pids+=($!)
+    for name in "${names[@]:1}"; do
+        set_node "$name"
+        if node_exists && engine_pid >/dev/null && [[ $(swarm_state) == active* ]]; then
+            continue   # already a member of a swarm: leave it
+        fi
+        "$SELF" up "$name" --no-swarm & pids+=($!)
+    done
+    for pid in "${pids[@]}"; do
+        wait "$pid" || failed=1
+    done
+    ((failed == 0)) || die "a node of the cluster did not come up"
+
+    for name in "${names[@]:1}"; do
+        "$SELF" join "$name" "$first"
+        set_node "$name"
+        wait_swarm_settled >/dev/null
+    done
+
+    if [[ -n $image ]]; then
+        local archive=$RUN_BASE/image.$$.tar
+        log "copying $image into ${names[*]}"
+        timeout 120 docker save -o "$archive" "$image" || { rm -f "$archive"; die "cannot save $image from the default engine"; }
+        for name in "${names[@]}"; do
+            set_node "$name"
+            timeout 120 docker -H "unix://$SOCKET" load -q -i "$archive" >/dev/null ||
+                { rm -f "$archive"; die "cannot load $image into $name"; }
+        done
+        rm -f "$archive"
+    fi
+    log "cluster of ${names[*]} is up"
+}
+
+cluster_status() {
+    local name line leaders=0 state leader flags
+    (($#)) || die "usage: $PROG cluster status NAME..."
+    for name in "$@"; do
+        set_node "$name"
+        line="$NAME"
+        if ! node_exists; then
+            printf '%s exists=no\n' "$NAME"
+            continue
+        fi
+        line+=" address=$(node_address)"
+        if engine_pid >/dev/null && engine_answers; then
+            state=$(timeout 5 docker -H "unix://$SOCKET" info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null) || state=unknown
+            leader=false
+            if timeout 5 docker -H "unix://$SOCKET" node inspect self --format '{{if .ManagerStatus}}{{.ManagerStatus.Leader}}{{end}}' 2>/dev/null | grep -qx true; then
+                leader=true
+                leaders=$((leaders + 1))
+            fi
+            line+=" engine=answering swarm=$state leader=$leader"
+        else
+            line+=" engine=stopped"
+        fi
+        # `cut` clears the UP flag of the node's link on the hub side.
+        flags=$(ip -n "$HUB_NS" -o link show "$(hub_link "$(node_index)")" 2>/dev/null) || flags=
+        if [[ $flags == *"<UP"* || $flags == *",UP"* ]]; then
+            line+=" link=up"
+        else
+            line+=" link=cut"
+        fi
+        printf '%s\n' "$line"
+    done
+    ((leaders == 1))
+}
+
+cluster_down() {
+    local name pids=() pid failed=0
+    (($#)) || die "usage: $PROG cluster down NAME..."
+    for name in "$@"; do
+        check_name "$name"
+        "$SELF" down "$name" & pids+=($!)
+    done
+    for pid in "${pids[@]}"; do
+        wait "$pid" || failed=1
+    done
+    ((failed == 0)) || die "a node of the cluster could not be taken down"
+}
+
+cmd_cluster() {
+    local sub=${1-}
+    (($#)) && shift
+    case $sub in
+        up) cluster_up "$@" ;;
+        status) cluster_status "$@" ;;
+        down) cluster_down "$@" ;;
+        *) die "usage: $PROG cluster up|status|down NAME..." ;;
+    esac
+}
+
 main() {
     local cmd=${1-}
     (($#)) && shift
@@ -672,6 +806,7 @@ main() {
         heal) cmd_link up "$@" ;;
         exec) cmd_exec "$@" ;;
         list) list_nodes ;;
+        cluster) cmd_cluster "$@" ;;
         _exec) cmd__exec "$@" ;;
         -h | --help | help) usage ;;
         *) usage >&2; exit 2 ;;

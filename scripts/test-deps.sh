@@ -5,6 +5,9 @@
 #
 # Installs, from Debian's packages:
 #   prometheus   the server and promtool, for tests/test_daemon_prometheus.py
+#   iproute2     ip, for the private engines of scripts/engine-node.sh (the
+#                failover tests' several managers); nsenter, unshare and
+#                flock come with util-linux, which every Debian has
 #
 # Quiet when everything is already there; says what it installs otherwise, and
 # exits non-zero, naming what is missing, when it cannot install it. The engine
@@ -13,8 +16,8 @@ set -euo pipefail
 
 readonly PROG=${0##*/}
 # Debian's packages and the commands that prove each one is installed.
-readonly PACKAGES=(prometheus)
-readonly COMMANDS=(prometheus promtool)
+readonly PACKAGES=(prometheus iproute2)
+readonly COMMANDS=(prometheus promtool ip)
 
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }

@@ -182,7 +182,7 @@ class DaemonProcess:
 
     def __init__(
         self,
-        state_dir: Path,
+        state_dir: Path | None,
         work_dir: Path,
         *,
         args: Sequence[str] = (),
@@ -218,9 +218,12 @@ class DaemonProcess:
         self.notify = NotifyListener(on_message=self._on_notification)
         environment["NOTIFY_SOCKET"] = self.notify.path
         self.environment = environment
+        # No state directory (None): the daemon follows git, whose settings
+        # come in ``env``, and its state directory is the cache's stable path.
+        where = ["--state-dir", str(state_dir)] if state_dir is not None else []
         self.command = [
             python, "-m", "swarmkeeper", "run",
-            "--state-dir", str(state_dir),
+            *where,
             "--metrics-addr", self.metrics_addr,
             "--log-format", "json",
             *args,
@@ -416,7 +419,7 @@ class DaemonFactory:
 
     def __call__(
         self,
-        state_dir: Path,
+        state_dir: Path | None,
         *,
         args: Sequence[str] = (),
         env: dict[str, str] | None = None,

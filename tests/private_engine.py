@@ -24,11 +24,19 @@ or the class directly, as a context manager, for several engines::
         engine.up()
         ...
 
+or ``PrivateCluster`` for one swarm of several managers, each an engine of
+its own (``scripts/engine-node.sh cluster``)::
+
+    with PrivateCluster(node_names(3)) as cluster:
+        cluster.up()
+        leader = cluster.wait_for_leader(timeout=60)
+
 Waits poll a condition until a deadline; nothing sleeps for a fixed time.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import shutil
@@ -110,7 +118,7 @@ class PrivateEngine:
         command_timeout: float = 180.0,
         environment: Mapping[str, str] | None = None,
     ) -> None:
-        self.name = name or f"pe{secrets.token_hex(3)}"
+        self.name = name or node_names(1)[0]
         self.script = script
         self.command_timeout = command_timeout
         # For the script (and the dockerd it starts): PATH, SKENG_* settings.
@@ -365,6 +373,101 @@ class PrivateEngine:
                 f"{result.stderr.strip()}"
             )
         return result.stdout
+
+
+# How many names SWARMKEEPER_TEST_ENGINES has handed out, to go round them.
+_pinned_names_used = itertools.count()
+
+
+def node_names(count: int) -> list[str]:
+    """Names for ``count`` new nodes: random, or from SWARMKEEPER_TEST_ENGINES.
+
+    SWARMKEEPER_TEST_ENGINES (comma-separated) pins the names, for a person
+    allowed only some node names on a shared machine. They are handed out
+    in turn, going round, so engines made one after another get different
+    names while there are enough of them.
+    """
+    pinned = [n for n in os.environ.get("SWARMKEEPER_TEST_ENGINES", "").split(",") if n]
+    if not pinned:
+        return [f"pe{secrets.token_hex(3)}" for _ in range(count)]
+    if len(pinned) < count:
+        raise EngineNodeError(
+            f"SWARMKEEPER_TEST_ENGINES names {len(pinned)} nodes, {count} needed"
+        )
+    return [pinned[next(_pinned_names_used) % len(pinned)] for _ in range(count)]
+
+
+class PrivateCluster:
+    """Several private engines joined as managers of one swarm.
+
+    The first node makes the swarm, the others join it as managers; all of
+    them are torn down by ``down()``, whatever state they are in (stopped,
+    cut off). Leadership is read from each node's own engine, as
+    swarmkeeper reads it: the node whose own ``ManagerStatus.Leader`` is set.
+    """
+
+    def __init__(self, names: list[str]) -> None:
+        self.nodes = [PrivateEngine(name) for name in names]
+        self.script = self.nodes[0].script
+        self.environment = self.nodes[0].environment
+
+    def __enter__(self) -> PrivateCluster:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.down()
+
+    def up(self, *, heartbeat: str | None = None) -> None:
+        args = ["cluster", "up", *(node.name for node in self.nodes)]
+        if heartbeat:
+            args += ["--heartbeat", heartbeat]
+        self.nodes[0]._run(*args)
+        for node in self.nodes:
+            node.wait_for_manager()
+
+    def down(self) -> None:
+        for node in self.nodes:
+            node._close_clients()
+        self.nodes[0]._run("cluster", "down", *(node.name for node in self.nodes))
+
+    def leaders(self, among: list[PrivateEngine] | None = None) -> list[PrivateEngine]:
+        """The nodes (of ``among``, default all) whose own engine says it leads."""
+        return [node for node in among or self.nodes if claims_leadership(node)]
+
+    def wait_for_leader(
+        self, *, among: list[PrivateEngine] | None = None, timeout: float = 60
+    ) -> PrivateEngine:
+        """The one node of ``among`` that leads, once there is exactly one."""
+        found: list[PrivateEngine] = []
+
+        def one_leader() -> bool:
+            found[:] = self.leaders(among)
+            return len(found) == 1
+
+        wait_for(one_leader, timeout=timeout, what="one leader", interval=0.1)
+        return found[0]
+
+
+def claims_leadership(node: PrivateEngine, *, timeout: int = 5) -> bool:
+    """``node``'s own engine answers and says its node is the swarm's leader."""
+    if not node.answers(timeout=1):
+        return False
+    client = docker.DockerClient(base_url=node.docker_host, timeout=timeout)
+    try:
+        node_id = client.info()["Swarm"].get("NodeID")
+        if not node_id:
+            return False
+        manager = client.api.inspect_node(node_id).get("ManagerStatus") or {}
+        return bool(manager.get("Leader"))
+    except (docker.errors.APIError, docker.errors.DockerException, OSError):
+        return False  # no leader yet, or no answer in time
+    finally:
+        client.close()
 
 
 @pytest.fixture

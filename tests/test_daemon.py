@@ -865,6 +865,7 @@ FAMILIES = {
     "swarmkeeper_build_info": "gauge",
     "swarmkeeper_leader": "gauge",
     "swarmkeeper_engine_connected": "gauge",
+    "swarmkeeper_swarm_quorum": "gauge",
     "swarmkeeper_reconcile": "counter",
     "swarmkeeper_reconcile_duration_seconds": "histogram",
     "swarmkeeper_reconcile_cpu_seconds": "histogram",
@@ -979,6 +980,7 @@ def test_metrics_contract_logs_and_no_secret_in_them(
         "swarmkeeper_last_reconcile_success_timestamp_seconds",
         "swarmkeeper_leader",
         "swarmkeeper_engine_connected",
+        "swarmkeeper_swarm_quorum",
         "swarmkeeper_desired_state_valid",
     ):
         assert metric_key(name) in samples, name

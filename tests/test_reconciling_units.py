@@ -7,7 +7,7 @@ from pathlib import Path
 
 from swarmkeeper.notify import Notifier
 from swarmkeeper.reconciling import FIGHT_LIMIT, FightTracker
-from swarmkeeper.running import state_revision
+from swarmkeeper.revisions import state_revision
 
 
 class Clock:

@@ -187,3 +187,125 @@ def test_settings_are_frozen() -> None:
 
     with pytest.raises(ValueError):  # noqa: PT011 - pydantic's own error type
         settings.mode = "observe"
+
+
+# ------------------------------------------------------------------- git --
+
+
+def test_git_settings_and_their_defaults(tmp_path: Path) -> None:
+    settings = load_settings({"git_url": "https://example.org/state.git"})
+
+    assert settings.git_branch == "main"
+    assert settings.git_path == ""
+    assert settings.git_interval == 30.0
+    assert settings.git_timeout == 60.0
+    assert settings.git_verify == "none"
+    assert settings.webhook_addr is None
+    assert settings.cache_dir == Path("/var/lib/swarmkeeper")
+    # With git the state directory is the cache's stable path.
+    assert settings.state_dir == Path("/var/lib/swarmkeeper/state")
+    assert load_settings({}).git_url is None
+
+
+def test_git_settings_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("SWARMKEEPER_GIT_URL", "file:///srv/state.git")
+    monkeypatch.setenv("SWARMKEEPER_GIT_BRANCH", "production")
+    monkeypatch.setenv("SWARMKEEPER_GIT_PATH", "./clusters//t8g1/")
+    monkeypatch.setenv("SWARMKEEPER_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SWARMKEEPER_GIT_WEBHOOK_SECRET", "hush-123")
+    monkeypatch.setenv("SWARMKEEPER_WEBHOOK_ADDR", "0.0.0.0:9489")
+
+    settings = load_settings({})
+
+    assert settings.git_branch == "production"
+    assert settings.git_path == "clusters/t8g1"
+    assert settings.state_dir == tmp_path / "state"
+    assert settings.git_webhook_secret is not None
+    assert settings.git_webhook_secret.get_secret_value() == "hush-123"
+    assert "hush-123" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("/etc/state", "not an absolute path"),
+        ("../elsewhere", "'..' is not allowed"),
+        ("state/../../elsewhere", "'..' is not allowed"),
+    ],
+)
+def test_a_git_path_out_of_the_repository_is_refused(
+    monkeypatch: pytest.MonkeyPatch, value: str, message: str
+) -> None:
+    monkeypatch.setenv("SWARMKEEPER_GIT_PATH", value)
+
+    with pytest.raises(SettingsError) as raised:
+        load_settings({"git_url": "file:///srv/state.git"})
+
+    assert raised.value.problems[0].startswith("invalid setting SWARMKEEPER_GIT_PATH")
+    assert message in raised.value.problems[0]
+
+
+def test_the_webhook_needs_a_secret_and_verification_needs_keys(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings({"git_url": "file:///r", "webhook_addr": "0.0.0.0:9489"})
+    assert raised.value.problems == [
+        "invalid setting --webhook-addr: the webhook needs "
+        "SWARMKEEPER_GIT_WEBHOOK_SECRET (a shared secret); it is never open"
+    ]
+
+    with pytest.raises(SettingsError) as raised:
+        load_settings({"git_url": "file:///r", "git_verify": "SSH"})
+    assert (
+        "SWARMKEEPER_GIT_ALLOWED_SIGNERS must name the allowed keys"
+        in (raised.value.problems[0])
+    )
+
+    with pytest.raises(SettingsError) as raised:
+        load_settings(
+            {"git_verify": "gpg", "git_allowed_signers": str(tmp_path / "absent")}
+        )
+    assert raised.value.problems[0].endswith("no such file")
+
+    with pytest.raises(SettingsError):
+        load_settings({"git_verify": "x509"})
+
+
+def test_a_bad_webhook_secret_is_never_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A secret cannot be invalid by its value, but a wrong type can be: the
+    # message names the setting, not what it held.
+    monkeypatch.setenv("SWARMKEEPER_GIT_WEBHOOK_SECRET", "hush-123")
+    monkeypatch.setenv("SWARMKEEPER_WEBHOOK_ADDR", "not-an-address")
+
+    with pytest.raises(SettingsError) as raised:
+        load_settings({})
+
+    assert "hush-123" not in str(raised.value)
+    assert "SWARMKEEPER_WEBHOOK_ADDR" in str(raised.value)
+
+
+def test_the_git_settings_exit_2_on_the_command_line(tmp_path: Path) -> None:
+    from swarmkeeper.cli import main
+
+    code = main(
+        ["validate", "--config", str(write_config(tmp_path, 'git_path = "/x"'))]
+    )
+
+    assert code == 2
+
+
+def test_the_daemon_refuses_a_state_dir_beside_git(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from swarmkeeper.cli import main
+
+    monkeypatch.setenv("SWARMKEEPER_GIT_URL", "file:///srv/state.git")
+    monkeypatch.setenv("SWARMKEEPER_CACHE_DIR", str(tmp_path))
+
+    code = main(["run", "--state-dir", str(tmp_path / "elsewhere")])
+
+    assert code == 2
+    assert "state_dir cannot be set together with git_url" in capsys.readouterr().err

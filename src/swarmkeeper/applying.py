@@ -10,6 +10,10 @@ answers "update out of sequence" (someone else wrote in between: a person,
 the allocator, the updater), the object is read again, the difference
 recomputed, and the write retried with jittered back-off; if the difference
 is gone, nothing is written.
+
+The daemon passes ``may_write``, asked before every write: once it says no
+(this instance is no longer on the swarm's leader), the writes not yet made
+are skipped, not attempted.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ from swarmkeeper.desired import (
     DesiredService,
     DesiredState,
 )
-from swarmkeeper.diffing import canonical_service, field_changes
-from swarmkeeper.engine import Engine, EngineError, OutOfSequence
+from swarmkeeper.diffing import REVISION_LABEL, canonical_service, field_changes
+from swarmkeeper.engine import Engine, EngineError, OutOfSequence, SwarmUnavailable
 from swarmkeeper.live import MANAGED_LABEL, LiveState
 from swarmkeeper.logs import get_logger
 from swarmkeeper.planning import (
@@ -63,6 +67,10 @@ class ApplyResult:
 
     writes: int = 0
     failures: list[tuple[Change, str]] = field(default_factory=list)
+    # (kind, name) of the changes not attempted because may_write said no.
+    skipped: set[tuple[str, str]] = field(default_factory=set)
+    # A write was refused because the swarm has no leader from this node.
+    swarm_unavailable: bool = False
 
     @property
     def ok(self) -> bool:
@@ -111,14 +119,25 @@ async def apply_plan(
     live: LiveState,
     *,
     concurrency: int = 8,
+    may_write: Callable[[], bool] | None = None,
+    revision: str | None = None,
 ) -> ApplyResult:
-    """Make every write the plan calls for; failures are collected, not raised."""
+    """Make every write the plan calls for; failures are collected, not raised.
+
+    ``revision`` goes into the label ``swarmkeeper.revision`` of each service
+    this creates, updates, recreates or adopts, and of no other.
+    """
     result = ApplyResult()
     references = _References(live)
     limit = asyncio.Semaphore(concurrency)
 
     async def run(change: Change, write: Callable[[], Awaitable[int]]) -> None:
         async with limit:
+            if may_write is not None and not may_write():
+                if not result.skipped:
+                    log.warning("write.skipped", reason="leadership lost")
+                result.skipped.add((change.kind, change.name))
+                return
             try:
                 # Awaited first, then added: `+=` would read the total before
                 # the await and lose the other tasks' writes.
@@ -126,6 +145,8 @@ async def apply_plan(
                 result.writes += made
             except (EngineError, LookupError) as error:
                 result.failures.append((change, str(error)))
+                if isinstance(error, SwarmUnavailable):
+                    result.swarm_unavailable = True
                 log.error(
                     f"{change.kind}.{change.action}.failed",
                     object=change.name,
@@ -148,13 +169,17 @@ async def apply_plan(
     for todo in phases:
         async with asyncio.TaskGroup() as group:
             for change in todo:
-                write = _writer(engine, change, desired, references)
+                write = _writer(engine, change, desired, references, revision)
                 group.create_task(run(change, write))
     return result
 
 
 def _writer(
-    engine: Engine, change: Change, desired: DesiredState, references: _References
+    engine: Engine,
+    change: Change,
+    desired: DesiredState,
+    references: _References,
+    revision: str | None,
 ) -> Callable[[], Awaitable[int]]:
     if change.action == REMOVE:
         return lambda: _remove(engine, change)
@@ -168,7 +193,7 @@ def _writer(
         return lambda: _create_blob(engine, change, references)
     if change.kind == "node":
         return lambda: _update_node(engine, change, desired)
-    return lambda: _write_service(engine, change, references)
+    return lambda: _write_service(engine, change, references, revision)
 
 
 async def _create_network(
@@ -291,13 +316,20 @@ async def _update_node(engine: Engine, change: Change, desired: DesiredState) ->
     )
 
 
+def _labelled(spec: JSONObject, revision: str | None) -> JSONObject:
+    """The spec with the revision label (``spec`` is a copy the caller owns)."""
+    if revision:
+        spec["Labels"] = {**(spec.get("Labels") or {}), REVISION_LABEL: revision}
+    return spec
+
+
 async def _write_service(
-    engine: Engine, change: Change, references: _References
+    engine: Engine, change: Change, references: _References, revision: str | None
 ) -> int:
     service: DesiredService = change.desired
     if change.action == CREATE:
         service_id = await engine.create_service(
-            references.resolve(managed_service_spec(service))
+            _labelled(references.resolve(managed_service_spec(service)), revision)
         )
         log.info("service.created", service=service.name, id=service_id)
         return 1
@@ -306,14 +338,14 @@ async def _write_service(
     if change.action == RECREATE:
         await engine.remove_service(live["ID"])
         service_id = await engine.create_service(
-            references.resolve(managed_service_spec(service))
+            _labelled(references.resolve(managed_service_spec(service)), revision)
         )
         log.info("service.recreated", service=service.name, id=service_id)
         return 2
 
     assert change.action in (UPDATE, ADOPT)
     for attempt in range(MAX_ATTEMPTS):
-        body = references.resolve(update_body(service, live))
+        body = _labelled(references.resolve(update_body(service, live)), revision)
         try:
             await engine.update_service(
                 live["ID"], version=live["Version"]["Index"], spec=body

@@ -31,7 +31,18 @@ EXIT_ERROR = 2
 # The flags that set a Settings field; the rest (--config, --json) are not
 # settings. Names follow the fields: --state-dir sets state_dir.
 _COMMON_SETTINGS = ("state_dir", "docker_host", "log_level", "log_format")
-_RUN_SETTINGS = ("metrics_addr", "mode", "resync_interval", "secrets_dir")
+_RUN_SETTINGS = (
+    "metrics_addr",
+    "mode",
+    "resync_interval",
+    "secrets_dir",
+    "git_url",
+    "git_branch",
+    "git_path",
+    "git_interval",
+    "webhook_addr",
+    "cache_dir",
+)
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
@@ -44,6 +55,15 @@ def _add_setting_flags(parser: argparse.ArgumentParser, names: Sequence[str]) ->
         "mode": "enforce or observe (SWARMKEEPER_MODE)",
         "resync_interval": "seconds between full resyncs (SWARMKEEPER_RESYNC_INTERVAL)",
         "secrets_dir": "folder of secret files (SWARMKEEPER_SECRETS_DIR)",
+        "git_url": "repository to follow instead of --state-dir (SWARMKEEPER_GIT_URL)",
+        "git_branch": "branch to follow, default main (SWARMKEEPER_GIT_BRANCH)",
+        "git_path": "folder of the desired state in the repository "
+        "(SWARMKEEPER_GIT_PATH)",
+        "git_interval": "seconds between fetches (SWARMKEEPER_GIT_INTERVAL)",
+        "webhook_addr": "HOST:PORT of POST /hooks/git; needs "
+        "SWARMKEEPER_GIT_WEBHOOK_SECRET (SWARMKEEPER_WEBHOOK_ADDR)",
+        "cache_dir": "the daemon's git cache and revision trees "
+        "(SWARMKEEPER_CACHE_DIR)",
     }
     for name in names:
         # SUPPRESS keeps flags the operator did not give out of the namespace,

@@ -93,42 +93,63 @@ def _load_for_engine_command(settings: Settings) -> Any:
     return state
 
 
+def _revision(settings: Settings) -> str:
+    """The revision of the state directory: the git commit of a cached tree
+    (the daemon's stable path), else the directory's content hash."""
+    from swarmkeeper.revisions import revision_of
+
+    return revision_of(settings.state_dir)
+
+
 def plan(settings: Settings, arguments: argparse.Namespace) -> int:
     """Show what apply would change: exit 0 in sync, 1 changes pending, 2 error."""
     desired = _load_for_engine_command(settings)
     if desired is None:
         return EXIT_ERROR
-    return _run_with_engine(settings, lambda engine: _plan(engine, desired, arguments))
+    revision = _revision(settings)
+    return _run_with_engine(
+        settings, lambda engine: _plan(engine, desired, arguments, revision)
+    )
 
 
-async def _plan(engine: Any, desired: Any, arguments: argparse.Namespace) -> int:
+async def _plan(
+    engine: Any, desired: Any, arguments: argparse.Namespace, revision: str
+) -> int:
     from swarmkeeper.live import read_live_state
     from swarmkeeper.planning import make_plan, render_json, render_text
 
     live = await read_live_state(engine)
     result = make_plan(desired, live, _plan_options(arguments))
     render = render_json if arguments.json else render_text
-    sys.stdout.write(render(result))
+    sys.stdout.write(render(result, revision=revision))
     return EXIT_OK if result.in_sync else EXIT_NO
 
 
 def apply(settings: Settings, arguments: argparse.Namespace) -> int:
     """Make the swarm match: exit 0 matched, 1 items left alone, 2 error."""
+    import structlog
+
     desired = _load_for_engine_command(settings)
     if desired is None:
         return EXIT_ERROR
-    return _run_with_engine(settings, lambda engine: _apply(engine, desired, arguments))
+    revision = _revision(settings)
+    with structlog.contextvars.bound_contextvars(revision=revision):
+        return _run_with_engine(
+            settings, lambda engine: _apply(engine, desired, arguments, revision)
+        )
 
 
-async def _apply(engine: Any, desired: Any, arguments: argparse.Namespace) -> int:
+async def _apply(
+    engine: Any, desired: Any, arguments: argparse.Namespace, revision: str
+) -> int:
     from swarmkeeper.applying import apply_plan
     from swarmkeeper.live import read_live_state
     from swarmkeeper.planning import make_plan, render_text
 
     live = await read_live_state(engine)
     result = make_plan(desired, live, _plan_options(arguments))
-    sys.stdout.write(render_text(result))
-    outcome = await apply_plan(engine, result, desired, live)
+    sys.stdout.write(render_text(result, revision=revision))
+    outcome = await apply_plan(engine, result, desired, live, revision=revision)
 
     left_alone = [c for c in result.changes if not c.writes]
     print(
@@ -188,6 +209,16 @@ def run(settings: Settings, arguments: argparse.Namespace) -> int:
 
     from swarmkeeper.running import run_daemon
 
+    if settings.git_url and settings.state_dir != settings.cache_dir / "state":
+        # The daemon switches <cache_dir>/state itself; another directory
+        # would never see a revision.
+        print(
+            "swarmkeeper: state_dir cannot be set together with git_url: the "
+            f"daemon's state directory is then {settings.cache_dir / 'state'} "
+            "(set cache_dir to move it)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
     return asyncio.run(run_daemon(settings))
 
 
@@ -225,14 +256,33 @@ def status(settings: Settings, arguments: argparse.Namespace) -> int:
     return EXIT_NO if drifted else EXIT_OK
 
 
+def _git_line(git: dict[str, Any]) -> str:
+    """The git source in one line: where from, what is live, how the last sync went."""
+    import time
+
+    last_sync = git.get("last_sync")
+    ago = f"{time.time() - last_sync:.0f} s ago" if last_sync else "never"
+    line = (
+        f"git {git.get('url')} branch {git.get('branch')} path {git.get('path')}  "
+        f"deployed {git.get('revision') or '(none)'}  last sync {ago}"
+    )
+    error = git.get("last_error")
+    if error:
+        line += f"\nlast git error: {error.get('reason')}: {error.get('message')}"
+    return line
+
+
 def _status_table(document: dict[str, Any]) -> str:
     last = document.get("last_pass") or {}
     lines = [
         f"revision {document.get('revision')}  leader {document.get('leader')}  "
         f"mode {document.get('mode')}  desired state valid "
         f"{document.get('desired_state_valid')}  last pass {last.get('outcome')}",
-        "",
     ]
+    git = document.get("git")
+    if git:
+        lines.append(_git_line(git))
+    lines.append("")
     rows = [("KIND", "NAME", "SYNC", "HEALTH", "TASKS")]
     for item in document.get("objects", []):
         tasks = ""

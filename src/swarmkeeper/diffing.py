@@ -22,6 +22,11 @@ from typing import Any
 
 JSONObject = dict[str, Any]
 
+# On a service: the revision of the desired state whose pass last wrote it
+# (a git commit or dir-<hash>). Bookkeeping, never drift: a new revision must
+# not rewrite services it did not change.
+REVISION_LABEL = "swarmkeeper.revision"
+
 SECOND = 1_000_000_000
 DEFAULT_STOP_GRACE_PERIOD = 10 * SECOND
 DEFAULT_RESTART_POLICY: JSONObject = {
@@ -81,6 +86,7 @@ def canonical_service(spec: JSONObject, *, network_names: dict[str, str]) -> JSO
     """
     result: JSONObject = {"Name": spec.get("Name", "")}
     result["Labels"] = dict(spec.get("Labels") or {})
+    result["Labels"].pop(REVISION_LABEL, None)
 
     template = copy.deepcopy(spec.get("TaskTemplate") or {})
     # A legacy service keeps its networks at the top level of the spec.

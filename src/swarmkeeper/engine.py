@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -54,7 +55,28 @@ class OutOfSequence(Conflict):
 
 
 class SwarmUnavailable(EngineError):
-    """The node is not a swarm manager, or the swarm has no quorum or leader."""
+    """The node is not a swarm manager, or the swarm has no quorum or leader.
+
+    The engine itself answers: it is its swarm that cannot, from this node
+    (a manager cut off from the others, or one of too few left).
+    """
+
+
+# How the engine (20.10 to 28) says that its manager cannot reach a swarm
+# leader. It answers these with status 500 ("rpc error: code = ..."), so the
+# text is all there is to tell them from other server errors. Seen on a
+# manager cut off from the others: a write it accepted while still believing
+# itself leader fails with "lost leader status" when Raft gives up on it
+# (after 12 to 18 s); a read forwarded to a leader that is gone fails after
+# 20 s with "DeadlineExceeded"; once the manager knows it has no leader,
+# every swarm call fails at once with "does not have a leader".
+NO_LEADER_MARKERS = (
+    "does not have a leader",
+    "lost leader status",
+    "raft: failed to process the request",
+    "rpc error: code = deadlineexceeded",
+    "this node is not a swarm manager",
+)
 
 
 class RequestRejected(EngineError):
@@ -74,7 +96,7 @@ def _classify(error: aiodocker.DockerError, what: str) -> EngineError:
         return OutOfSequence(message, status=status)
     if status == 409:
         return Conflict(message, status=status)
-    if status == 503:
+    if status == 503 or any(marker in text for marker in NO_LEADER_MARKERS):
         return SwarmUnavailable(message, status=status)
     return RequestRejected(message, status=status)
 
@@ -85,6 +107,21 @@ class Engine:
     def __init__(self, docker: aiodocker.Docker, *, call_timeout: float) -> None:
         self._docker = docker
         self._timeout = call_timeout
+        # Start times of the calls waiting for an answer, so the daemon can
+        # tell a pass that waits on a slow engine (within the deadline) from
+        # one that is stuck.
+        self._in_flight: dict[int, float] = {}
+        self._next_call = 0
+
+    @property
+    def call_timeout(self) -> float:
+        return self._timeout
+
+    def oldest_call_age(self) -> float:
+        """Seconds the oldest unanswered call has waited; 0 when none waits."""
+        if not self._in_flight:
+            return 0.0
+        return time.monotonic() - min(self._in_flight.values())
 
     @classmethod
     @asynccontextmanager
@@ -106,6 +143,9 @@ class Engine:
             await docker.close()
 
     async def _call(self, what: str, request: Awaitable[Any]) -> Any:
+        call = self._next_call
+        self._next_call += 1
+        self._in_flight[call] = time.monotonic()
         try:
             async with asyncio.timeout(self._timeout):
                 return await request
@@ -117,6 +157,8 @@ class Engine:
             ) from error
         except aiohttp.ClientError as error:
             raise EngineUnreachable(f"{what}: {error}") from error
+        finally:
+            del self._in_flight[call]
 
     @property
     def api_version(self) -> str:

@@ -4,6 +4,13 @@ Objects stay as the engine sends them (JSON mappings); this module only
 indexes them by name and says which ones swarmkeeper owns. Reading is five
 list calls and one ``/info``, run concurrently, whatever the number of
 objects.
+
+It also says whether this instance may write: only while the node its engine
+runs on is the swarm's leader (Raft elects it; swarmkeeper runs no election
+of its own) and that node sees a majority of the managers reachable. The
+second condition matters for a leader cut off from the others: its engine
+keeps calling itself leader for several seconds after the rest of the swarm
+has elected another, and its writes cannot commit.
 """
 
 from __future__ import annotations
@@ -31,11 +38,77 @@ def is_owned(labels: dict[str, str] | None) -> bool:
 
 
 @dataclass(frozen=True)
+class Leadership:
+    """This node's standing in its swarm, as its own engine reports it."""
+
+    node_id: str
+    leader: bool  # its own node's ManagerStatus.Leader
+    quorum: bool  # it reaches a leader and sees a majority of managers reachable
+    problem: str | None = None  # why it may not write, when it may not
+
+    @property
+    def may_write(self) -> bool:
+        return self.leader and self.quorum
+
+
+NOT_A_MANAGER = "this engine is not a swarm manager"
+
+
+def leadership_from(info: JSONObject, nodes: list[JSONObject]) -> Leadership:
+    """Leadership from ``/info`` and the node list, read through this node's engine."""
+    swarm = info.get("Swarm") or {}
+    node_id = str(swarm.get("NodeID") or "")
+    if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
+        return Leadership(node_id, leader=False, quorum=False, problem=NOT_A_MANAGER)
+    if swarm.get("Error"):
+        # A manager that has lost its leader says so here, and /info still
+        # answers at once while its swarm calls fail.
+        return Leadership(
+            node_id, leader=False, quorum=False, problem=str(swarm["Error"])
+        )
+
+    own = next((node for node in nodes if node.get("ID") == node_id), {})
+    leader = bool((own.get("ManagerStatus") or {}).get("Leader"))
+    managers = [node["ManagerStatus"] for node in nodes if node.get("ManagerStatus")]
+    reachable = sum(1 for m in managers if m.get("Reachability") == "reachable")
+    if reachable * 2 <= len(managers):
+        problem = f"only {reachable} of {len(managers)} managers are reachable"
+        return Leadership(node_id, leader=leader, quorum=False, problem=problem)
+    return Leadership(node_id, leader=leader, quorum=True)
+
+
+async def read_leadership(engine: Engine) -> Leadership:
+    """This node's leadership now: ``/info`` and the node list, concurrently.
+
+    A swarm call refused for want of a leader is an answer (no quorum), not
+    an error; an engine that does not answer raises ``EngineUnreachable``.
+    """
+    from swarmkeeper.engine import SwarmUnavailable
+
+    info, nodes = await asyncio.gather(
+        engine.info(), engine.list_nodes(), return_exceptions=True
+    )
+    if isinstance(info, BaseException):
+        raise info
+    if isinstance(nodes, SwarmUnavailable):
+        swarm = info.get("Swarm") or {}
+        return Leadership(
+            str(swarm.get("NodeID") or ""),
+            leader=False,
+            quorum=False,
+            problem=str(swarm.get("Error") or nodes),
+        )
+    if isinstance(nodes, BaseException):
+        raise nodes
+    return leadership_from(info, nodes)
+
+
+@dataclass(frozen=True)
 class LiveState:
     """One consistent-enough read of the swarm, indexed for the diff."""
 
     node_id: str
-    is_leader: bool
+    is_leader: bool  # leader with a quorum in view: this instance may write
     services: dict[str, JSONObject] = field(default_factory=dict)  # by name
     networks: dict[str, JSONObject] = field(default_factory=dict)  # by name
     configs: dict[str, JSONObject] = field(default_factory=dict)  # by name
@@ -44,6 +117,8 @@ class LiveState:
     # Network names whose name more than one network carries (possible for
     # local-scope networks); a desired network with such a name is ambiguous.
     duplicate_network_names: frozenset[str] = frozenset()
+    # The leadership read with this state; None only in hand-made states.
+    leadership: Leadership | None = None
 
     @property
     def network_names_by_id(self) -> dict[str, str]:
@@ -81,13 +156,8 @@ async def read_live_state(engine: Engine) -> LiveState:
         # problem to report, not a group of six.
         raise failures.exceptions[0] from None
 
-    swarm = info.result().get("Swarm") or {}
-    node_id = str(swarm.get("NodeID") or "")
     node_list = nodes.result()
-    is_leader = any(
-        node.get("ID") == node_id and (node.get("ManagerStatus") or {}).get("Leader")
-        for node in node_list
-    )
+    leadership = leadership_from(info.result(), node_list)
 
     # Only swarm-scope networks can carry services; local ones (bridge, host)
     # share names across nodes and are not swarmkeeper's business.
@@ -102,12 +172,13 @@ async def read_live_state(engine: Engine) -> LiveState:
         by_name[name] = network
 
     return LiveState(
-        node_id=node_id,
-        is_leader=bool(is_leader),
+        node_id=leadership.node_id,
+        is_leader=leadership.may_write,
         services={s["Spec"]["Name"]: s for s in services.result()},
         networks=by_name,
         configs={c["Spec"]["Name"]: c for c in configs.result()},
         secrets={s["Spec"]["Name"]: s for s in secrets.result()},
         nodes=node_list,
         duplicate_network_names=frozenset(duplicates),
+        leadership=leadership,
     )

@@ -18,6 +18,9 @@ ACTIONS = ("create", "update", "adopt", "recreate", "remove", "record-failure")
 RESULTS = ("success", "failure")
 RECONCILE_RESULTS = ("success", "failure", "partial")
 EVENT_TYPES = ("service", "network", "node", "config", "secret")
+# accepted: a fetch was asked for; unauthorized: no valid signature or token;
+# too-large: the body was over the cap.
+WEBHOOK_RESULTS = ("accepted", "unauthorized", "too-large")
 
 
 class Metrics:
@@ -38,6 +41,13 @@ class Metrics:
         self.engine_connected = Gauge(
             "swarmkeeper_engine_connected",
             "1 when the last engine call succeeded",
+            registry=r,
+        )
+        self.swarm_quorum = Gauge(
+            "swarmkeeper_swarm_quorum",
+            "1 when this instance's manager reaches a swarm leader and sees a "
+            "majority of the managers; 0 when cut off, without quorum or "
+            "without an engine",
             registry=r,
         )
         self.reconciles = Counter(
@@ -142,6 +152,38 @@ class Metrics:
             self.events.labels(type=event_type)
         self._stacks: set[str] = set()
         self._revision: str | None = None
+
+    def enable_git(self) -> None:
+        """The git source's series; only a daemon that follows a branch has them."""
+        from swarmkeeper.gitsource import REASONS
+
+        r = self.registry
+        self.git_sync_errors = Counter(
+            "swarmkeeper_git_sync_errors",
+            "Git syncs that failed, by reason; the last good revision stays",
+            ["reason"],
+            registry=r,
+        )
+        self.git_last_sync = Gauge(
+            "swarmkeeper_git_last_sync_timestamp_seconds",
+            "When the git remote last answered a fetch",
+            registry=r,
+        )
+        self.git_sync_ok = Gauge(
+            "swarmkeeper_git_sync_ok",
+            "1 when the last sync succeeded and the branch head is deployed",
+            registry=r,
+        )
+        self.webhook_requests = Counter(
+            "swarmkeeper_git_webhook_requests",
+            "Webhook calls, by result",
+            ["result"],
+            registry=r,
+        )
+        for reason in REASONS:
+            self.git_sync_errors.labels(reason=reason)
+        for result in WEBHOOK_RESULTS:
+            self.webhook_requests.labels(result=result)
 
     def set_stacks(self, stacks: set[str]) -> None:
         """Start the per-stack series of new stacks at 0; drop those of gone ones."""

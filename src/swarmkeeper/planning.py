@@ -744,7 +744,10 @@ def render_text(plan: Plan, *, revision: str | None = None) -> str:
     """The plan for people: one block per object, old and new of each field."""
     lines = []
     if revision:
-        lines.append(f"Desired state at revision {revision}")
+        # A git commit is shown by its first 12 hex digits, as git does
+        # with --abbrev=12; --json has it whole.
+        short = revision[:12] if len(revision) == 40 else revision
+        lines.append(f"Desired state at revision {short}")
     for change in plan.changes:
         header = (
             f"{_SYMBOLS[change.action]} {change.kind} {change.name} ({change.action})"

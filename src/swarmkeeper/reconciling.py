@@ -7,6 +7,16 @@ and the status document. Whatever triggered it (an event, a file change, the
 timer) only said "look again"; its own writes come back as events and end in
 a pass that finds nothing to do.
 
+Leadership: only the instance on the swarm's leader writes. A pass takes it
+from the state it reads, asks the engine once more right before its first
+write (a pass can take a while, and an election can happen meanwhile), and
+before each write looks at the flag the daemon's leadership poll keeps
+current, so an instance that loses leadership stops writing at once. A write
+that still races a change of leader carries the version it was computed from
+and is refused by the engine (out of sequence), or by Raft on the old leader
+(no quorum); either is a failed write, reported and retried later with
+back-off by the daemon, never at once.
+
 Fights: when something else keeps changing an object back, correcting it
 on every event would thrash. After ``FIGHT_LIMIT`` corrections of one object
 within ``FIGHT_WINDOW`` seconds, the object is held for a back-off that
@@ -20,9 +30,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
 from swarmkeeper.desired import STACK_NAMESPACE_LABEL, DesiredState
-from swarmkeeper.engine import Engine, EngineError
-from swarmkeeper.live import LiveState, is_owned, read_live_state
+from swarmkeeper.engine import Engine, EngineError, SwarmUnavailable
+from swarmkeeper.live import (
+    Leadership,
+    LiveState,
+    is_owned,
+    read_leadership,
+    read_live_state,
+)
 from swarmkeeper.logs import get_logger
 from swarmkeeper.metrics import Metrics
 from swarmkeeper.planning import (
@@ -119,6 +137,7 @@ class PassResult:
     writes: int = 0
     failures: int = 0
     error: str | None = None
+    skipped: int = 0  # writes left out because leadership was lost
 
 
 class Reconciler:
@@ -140,8 +159,45 @@ class Reconciler:
         self.desired_valid = False
         self.revision: str | None = None
         self.engine_connected = False
+        # May write: leader with a quorum in view. Set by passes and by the
+        # daemon's leadership poll (observe_leadership), read before writes.
         self.is_leader = False
+        self.quorum: bool | None = None  # None until first known
+        self.swarm_problem: str | None = None
         self.status: dict[str, Any] = {"objects": [], "last_pass": None}
+        # The revision the last writing pass converged to: the first pass of
+        # a new revision carries out a change request, it corrects no drift.
+        self._written_revision: str | None = None
+
+    def observe_leadership(self, leadership: Leadership) -> bool:
+        """Take a fresh reading of leadership and quorum; True when either changed.
+
+        Losing leadership takes effect here, at once: writes in flight check
+        ``is_leader`` before each write. Transitions are logged once.
+        """
+        may_write = leadership.may_write
+        changed = may_write != self.is_leader or leadership.quorum != self.quorum
+        if leadership.quorum and self.quorum is False and self.swarm_problem:
+            log.info("swarm.quorum_regained", node=leadership.node_id)
+        elif not leadership.quorum and self.quorum and leadership.problem:
+            # (An engine that does not answer is logged as that, elsewhere.)
+            log.warning(
+                "swarm.quorum_lost", node=leadership.node_id, problem=leadership.problem
+            )
+        if may_write != self.is_leader:
+            log.info(
+                "leadership.gained" if may_write else "leadership.lost",
+                node=leadership.node_id,
+                problem=leadership.problem,
+            )
+        self.is_leader = may_write
+        self.quorum = leadership.quorum
+        self.swarm_problem = None if leadership.quorum else leadership.problem
+        self.metrics.leader.set(1 if may_write else 0)
+        self.metrics.swarm_quorum.set(1 if leadership.quorum else 0)
+        self.status["leader"] = may_write
+        self.status["quorum"] = leadership.quorum
+        return changed
 
     def set_desired(
         self, desired: DesiredState | None, *, valid: bool, revision: str | None
@@ -157,6 +213,12 @@ class Reconciler:
             self.metrics.set_stacks(set(desired.stacks))
 
     async def reconcile(self, trigger: str) -> PassResult:
+        # Every line logged during the pass (its writes included) names the
+        # revision being converged.
+        with structlog.contextvars.bound_contextvars(revision=self.revision):
+            return await self._reconcile(trigger)
+
+    async def _reconcile(self, trigger: str) -> PassResult:
         started = time.monotonic()
         cpu_started = time.thread_time()
         result = await self._pass()
@@ -175,11 +237,11 @@ class Reconciler:
             outcome=result.outcome,
             duration_ms=round(duration * 1000, 1),
             cpu_ms=round(cpu * 1000, 1),
-            revision=self.revision,
             leader=self.is_leader,
             mode=self.mode,
             writes=result.writes,
             failures=result.failures,
+            skipped=result.skipped,
             changes=counts,
             error=result.error,
         )
@@ -201,13 +263,17 @@ class Reconciler:
             live = await read_live_state(self.engine)
             tasks = await self.engine.list_tasks(desired_state="running")
         except EngineError as error:
+            # The engine away, or its swarm without a leader from here: either
+            # way nothing can be read, and nothing may be written.
             self.engine_connected = False
             self.metrics.engine_connected.set(0)
+            self.observe_leadership(_unknown_leadership(error))
             return PassResult("failure", error=str(error))
         self.engine_connected = True
         self.metrics.engine_connected.set(1)
-        self.is_leader = live.is_leader
-        self.metrics.leader.set(1 if live.is_leader else 0)
+        self.observe_leadership(
+            live.leadership or Leadership(live.node_id, live.is_leader, quorum=True)
+        )
 
         if self.desired is None:
             return PassResult("failure", error="no desired state has loaded yet")
@@ -225,10 +291,34 @@ class Reconciler:
         ):
             return PassResult("success", plan=plan)
 
-        outcome = await apply_plan(self.engine, plan, self.desired, live)
+        # Reading and planning took a moment: ask again, right before writing.
+        if not await self._still_leader():
+            return PassResult("success", plan=plan)
+
+        outcome = await apply_plan(
+            self.engine,
+            plan,
+            self.desired,
+            live,
+            may_write=lambda: self.is_leader,
+            revision=self.revision,
+        )
+        new_revision = self.revision != self._written_revision
+        self._written_revision = self.revision
+        if outcome.swarm_unavailable:
+            # Raft refused a write for want of a leader: this node cannot
+            # write now, whatever it last read about itself.
+            self.observe_leadership(
+                Leadership(
+                    live.node_id,
+                    leader=False,
+                    quorum=False,
+                    problem="a write was refused: the swarm has no leader here",
+                )
+            )
         failed = {(change.kind, change.name) for change, _ in outcome.failures}
         for change in plan.changes:
-            if not change.writes:
+            if not change.writes or (change.kind, change.name) in outcome.skipped:
                 continue
             ok = (change.kind, change.name) not in failed
             self.metrics.actions.labels(
@@ -238,6 +328,7 @@ class Reconciler:
             ).inc()
             if (
                 ok
+                and not new_revision
                 and change.action in ("update", "create")
                 and self.fights.corrected(
                     change.kind,
@@ -257,7 +348,23 @@ class Reconciler:
             plan=plan,
             writes=outcome.writes,
             failures=len(outcome.failures),
+            skipped=len(outcome.skipped),
         )
+
+    async def _still_leader(self) -> bool:
+        """A fresh leadership reading from the engine, taken in; True to write."""
+        try:
+            leadership = await read_leadership(self.engine)
+        except EngineError as error:
+            leadership = _unknown_leadership(error)
+        self.observe_leadership(leadership)
+        if not leadership.may_write:
+            log.warning(
+                "write.skipped",
+                reason="leadership lost before writing",
+                problem=leadership.problem,
+            )
+        return leadership.may_write
 
     def _hold_fights(self, plan: Plan) -> Plan:
         changes = []
@@ -389,9 +496,16 @@ class Reconciler:
 
         self.status["objects"] = sorted(objects, key=lambda o: (o["kind"], o["name"]))
         self.status["revision"] = self.revision
-        self.status["leader"] = live.is_leader
+        self.status["leader"] = self.is_leader
+        self.status["quorum"] = self.quorum
         self.status["mode"] = self.mode
         self.status["desired_state_valid"] = self.desired_valid
+
+
+def _unknown_leadership(error: EngineError) -> Leadership:
+    """No reading: not leader, no quorum; a swarm problem only if the swarm said so."""
+    problem = str(error) if isinstance(error, SwarmUnavailable) else None
+    return Leadership("", leader=False, quorum=False, problem=problem)
 
 
 def _without_removals(plan: Plan, reason: str) -> Plan:

@@ -17,7 +17,7 @@ import os
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, AliasChoices, BeforeValidator, Field, SecretStr
 from pydantic import ValidationError as PydanticValidationError
@@ -90,6 +90,31 @@ LogLevel = Annotated[
 ]
 LogFormat = Annotated[Literal["auto", "json", "console"], BeforeValidator(_lower)]
 Mode = Annotated[Literal["enforce", "observe"], BeforeValidator(_lower)]
+GitVerify = Annotated[Literal["none", "ssh", "gpg"], BeforeValidator(_lower)]
+
+
+def _check_git_path(path: str) -> str:
+    """A folder inside the repository: relative, and never out of it."""
+    if path.startswith("/"):
+        raise ValueError("must be a folder inside the repository, not an absolute path")
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise ValueError("must stay inside the repository ('..' is not allowed)")
+    return "/".join(parts)
+
+
+def _optional_listen_address(address: str | None) -> str | None:
+    if address is None or address == "":
+        return None
+    split_listen_address(address)
+    return address
+
+
+def _optional_text(value: str | None) -> str | None:
+    return None if value is None or value == "" else value
+
+
+GitPath = Annotated[str, AfterValidator(_check_git_path)]
 
 # Values read from the TOML file for the Settings being built right now. The
 # source order is fixed on the class, so the file's contents reach it through
@@ -155,6 +180,42 @@ class Settings(BaseSettings):
     engine_timeout: float = Field(
         default=30.0, gt=0, description="Seconds before an engine call gives up."
     )
+    # -- git as the source of the desired state (all off without git_url) --
+    git_url: Annotated[str | None, AfterValidator(_optional_text)] = Field(
+        default=None,
+        description="Repository to follow (a path, file://, ssh or https URL).",
+    )
+    git_branch: str = Field(default="main", min_length=1)
+    git_path: GitPath = Field(
+        default="", description="Folder inside the repository; default its root."
+    )
+    git_interval: float = Field(
+        default=30.0, gt=0, description="Seconds between fetches."
+    )
+    git_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds one git command may take."
+    )
+    git_webhook_secret: SecretStr | None = Field(
+        default=None, description="Shared secret of POST /hooks/git."
+    )
+    webhook_addr: Annotated[str | None, AfterValidator(_optional_listen_address)] = (
+        Field(default=None, description="HOST:PORT of the webhook; off by default.")
+    )
+    git_verify: GitVerify = Field(
+        default="none", description="Verify the head commit's signature: ssh, gpg."
+    )
+    git_allowed_signers: Path | None = Field(
+        default=None,
+        description="ssh allowed_signers file, or an armored gpg public keyring.",
+    )
+    git_allow_rewrite: bool = Field(
+        default=False,
+        description="Deploy a head that does not descend from the deployed one.",
+    )
+    cache_dir: Path = Field(
+        default=Path("/var/lib/swarmkeeper"),
+        description="Where the daemon keeps its git cache and revision trees.",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -184,7 +245,7 @@ def load_settings(
 
     token = _file_values.set(file_values)
     try:
-        return Settings(**flags)
+        settings = Settings(**flags)
     except PydanticValidationError as error:
         raise SettingsError(
             [
@@ -194,6 +255,60 @@ def load_settings(
         ) from None
     finally:
         _file_values.reset(token)
+
+    problems = _check_combinations(
+        settings, flags=flags, file_path=file_path, file_values=file_values
+    )
+    if problems:
+        raise SettingsError(problems)
+    if settings.git_url and "state_dir" not in settings.model_fields_set:
+        # With git, the state directory is the stable path the daemon switches
+        # from one revision's tree to the next (gitsource.py).
+        settings = settings.model_copy(
+            update={"state_dir": settings.cache_dir / "state"}
+        )
+    return settings
+
+
+def _check_combinations(
+    settings: Settings,
+    *,
+    flags: dict[str, Any],
+    file_path: Path | None,
+    file_values: dict[str, Any],
+) -> list[str]:
+    """Settings that are each valid but do not go together."""
+
+    def name(field: str) -> str:
+        if field in flags:
+            return "--" + field.replace("_", "-")
+        present = {key.upper() for key in os.environ}
+        for variable in _environment_names(field):
+            if variable in present:
+                return variable
+        if file_path is not None and field in file_values:
+            return f"{field} (config file {file_path})"
+        return ENV_PREFIX + field.upper()
+
+    problems = []
+    if settings.webhook_addr and settings.git_webhook_secret is None:
+        problems.append(
+            f"invalid setting {name('webhook_addr')}: the webhook needs "
+            f"{name('git_webhook_secret')} (a shared secret); it is never open"
+        )
+    if settings.git_verify != "none":
+        signers = settings.git_allowed_signers
+        if signers is None:
+            problems.append(
+                f"invalid setting {name('git_verify')}={settings.git_verify!r}: "
+                f"{name('git_allowed_signers')} must name the allowed keys"
+            )
+        elif not signers.is_file():
+            problems.append(
+                f"invalid setting {name('git_allowed_signers')}={str(signers)!r}: "
+                "no such file"
+            )
+    return problems
 
 
 def _read_config_file(config_file: Path | None) -> tuple[Path | None, dict[str, Any]]:
@@ -256,4 +371,6 @@ def _environment_names(field: str) -> list[str]:
 
 def _is_secret(field: str) -> bool:
     info = Settings.model_fields.get(field)
-    return info is not None and info.annotation is SecretStr
+    if info is None:
+        return False
+    return info.annotation is SecretStr or SecretStr in get_args(info.annotation)
