@@ -599,6 +599,11 @@ def _plan_services(
         for side in (have, want):
             side["Labels"].pop(FAILED_SPEC_LABEL, None)
             side["Labels"].pop(FAILED_AT_LABEL, None)
+        # Equal canonical forms have no differing leaf; most services of a
+        # pass are in sync, and == answers that in C, where walking every
+        # leaf was a third of a pass's CPU time.
+        if have == want:
+            continue
         fields = tuple(field_changes(have, want))
 
         if not fields:
