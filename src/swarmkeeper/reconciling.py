@@ -25,6 +25,7 @@ doubles with each further fight (capped), and the fight is reported.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -260,8 +261,21 @@ class Reconciler:
         from swarmkeeper.applying import apply_plan
 
         try:
-            live = await read_live_state(self.engine)
-            tasks = await self.engine.list_tasks(desired_state="running")
+            # One round trip, not two: the task list does not depend on the
+            # rest, and a pass's wall time is mostly waiting on the engine.
+            # Both are awaited to the end (no read left running unobserved);
+            # the live state's error, if any, is the one reported.
+            live_read, tasks_read = await asyncio.gather(
+                read_live_state(self.engine),
+                self.engine.list_tasks(desired_state="running"),
+                return_exceptions=True,
+            )
+            for answer in (live_read, tasks_read):
+                if isinstance(answer, BaseException):
+                    raise answer
+            assert not isinstance(live_read, BaseException)
+            assert not isinstance(tasks_read, BaseException)
+            live, tasks = live_read, tasks_read
         except EngineError as error:
             # The engine away, or its swarm without a leader from here: either
             # way nothing can be read, and nothing may be written.
