@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
 import os
 import secrets
 import signal
@@ -876,6 +877,7 @@ FAMILIES = {
     "swarmkeeper_swarm_quorum": "gauge",
     "swarmkeeper_reconcile": "counter",
     "swarmkeeper_reconcile_duration_seconds": "histogram",
+    "swarmkeeper_reconcile_cpu_seconds": "histogram",
     "swarmkeeper_last_reconcile_success_timestamp_seconds": "gauge",
     "swarmkeeper_drift_resources": "gauge",
     "swarmkeeper_managed_resources": "gauge",
@@ -910,6 +912,18 @@ def zero_series() -> list[tuple[str, dict[str, str]]]:
         ]
     series += [("swarmkeeper_docker_events_total", {"type": t}) for t in EVENT_TYPES]
     return series
+
+
+def assert_cpu_time_reported(daemon: DaemonProcess, status: dict[str, Any]) -> None:
+    """Each pass's CPU time: in /status's last_pass and one histogram sample."""
+    last_pass = status["last_pass"]
+    assert 0 < last_pass["cpu_seconds"] <= last_pass["duration_seconds"] + 0.001
+    scraped = daemon.metrics()
+    assert (
+        scraped[metric_key("swarmkeeper_reconcile_cpu_seconds_count")]
+        == scraped[metric_key("swarmkeeper_reconcile_duration_seconds_count")]
+        > 0
+    )
 
 
 def test_metrics_contract_logs_and_no_secret_in_them(
@@ -970,6 +984,8 @@ def test_metrics_contract_logs_and_no_secret_in_them(
     for name in (
         "swarmkeeper_reconcile_duration_seconds_count",
         "swarmkeeper_reconcile_duration_seconds_sum",
+        "swarmkeeper_reconcile_cpu_seconds_count",
+        "swarmkeeper_reconcile_cpu_seconds_sum",
         "swarmkeeper_last_reconcile_success_timestamp_seconds",
         "swarmkeeper_leader",
         "swarmkeeper_engine_connected",
@@ -1015,10 +1031,14 @@ def test_metrics_contract_logs_and_no_secret_in_them(
     for record in daemon.passes():
         assert record["outcome"] in ("success", "failure", "partial")
         assert isinstance(record["duration_ms"], int | float)
+        # CPU time of the loop thread, which cannot exceed its wall time
+        # (rounding aside): a pass that reads the engine burns some CPU.
+        assert 0 < record["cpu_ms"] <= record["duration_ms"] + 1
         assert record["revision"] == revision
         assert record["level"] == "info"
 
     status_body = daemon.http_get("/status")[1]
+    assert_cpu_time_reported(daemon, json.loads(status_body))
     metrics_body = daemon.metrics_text()
     assert daemon.stop()[0] == 0
     everything = daemon.log_text() + status_body + metrics_body

@@ -278,3 +278,32 @@ def test_update_body_takes_the_desired_image_when_it_changed() -> None:
     body = update_body(service, live)
 
     assert body["TaskTemplate"]["ContainerSpec"]["Image"] == "nginx:1.25"
+
+
+def test_canonical_service_leaves_its_input_untouched_and_shares_nothing() -> None:
+    # canonical_service copies the template with its own JSON copy (not
+    # copy.deepcopy, for speed): the input must stay as it was, and two
+    # canonical forms of one spec must not share a mutable part.
+    spec: dict[str, Any] = {
+        "Name": "web",
+        "TaskTemplate": {
+            "ContainerSpec": {
+                "Image": "nginx:1.25@sha256:" + "a" * 64,
+                "Env": ["B=2", "A=1"],
+                "Labels": {"x": "1"},
+            },
+            "Placement": {"Constraints": ["node.role==worker", "node.role==worker"]},
+            "Resources": {"Limits": {"MemoryBytes": 0, "NanoCPUs": 500000000}},
+            "Networks": [{"Target": "n1", "Aliases": ["b", "a"]}],
+        },
+    }
+    before = copy.deepcopy(spec)
+    first = canonical_service(spec, network_names={"n1": "backend"})
+    second = canonical_service(spec, network_names={"n1": "backend"})
+    assert spec == before
+    assert first == second
+    first["TaskTemplate"]["ContainerSpec"]["Labels"]["x"] = "changed"
+    first["TaskTemplate"]["Placement"]["Constraints"].append("node.labels.a==b")
+    assert second["TaskTemplate"]["ContainerSpec"]["Labels"] == {"x": "1"}
+    assert second["TaskTemplate"]["Placement"]["Constraints"] == ["node.role==worker"]
+    assert spec == before

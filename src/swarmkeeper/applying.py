@@ -32,7 +32,12 @@ from swarmkeeper.desired import (
     DesiredService,
     DesiredState,
 )
-from swarmkeeper.diffing import REVISION_LABEL, canonical_service, field_changes
+from swarmkeeper.diffing import (
+    REVISION_LABEL,
+    canonical_service,
+    copy_json,
+    field_changes,
+)
 from swarmkeeper.engine import Engine, EngineError, OutOfSequence, SwarmUnavailable
 from swarmkeeper.live import MANAGED_LABEL, LiveState
 from swarmkeeper.logs import get_logger
@@ -87,7 +92,7 @@ class _References:
 
     def resolve(self, spec: JSONObject) -> JSONObject:
         """A copy of ``spec`` with every name the engine needs as an ID replaced."""
-        spec = copy.deepcopy(spec)
+        spec = copy_json(spec)
         template = spec["TaskTemplate"]
         for attachment in template.get("Networks") or []:
             name = attachment["Target"]

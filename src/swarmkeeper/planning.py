@@ -13,7 +13,6 @@ is a separate decision with its own guards.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from swarmkeeper.desired import (
 from swarmkeeper.diffing import (
     FieldChange,
     canonical_service,
+    copy_json,
     field_changes,
     masked,
     strip_digest,
@@ -599,6 +599,11 @@ def _plan_services(
         for side in (have, want):
             side["Labels"].pop(FAILED_SPEC_LABEL, None)
             side["Labels"].pop(FAILED_AT_LABEL, None)
+        # Equal canonical forms have no differing leaf; most services of a
+        # pass are in sync, and == answers that in C, where walking every
+        # leaf was a third of a pass's CPU time.
+        if have == want:
+            continue
         fields = tuple(field_changes(have, want))
 
         if not fields:
@@ -700,7 +705,7 @@ def update_body(service: DesiredService, live: JSONObject) -> JSONObject:
     would restart tasks), a pinned image digest for the same image, and the
     platforms that digest resolution added.
     """
-    spec = copy.deepcopy(managed_service_spec(service))
+    spec: JSONObject = copy_json(managed_service_spec(service))
     live_spec = live["Spec"]
     live_template = live_spec.get("TaskTemplate") or {}
     template = spec["TaskTemplate"]

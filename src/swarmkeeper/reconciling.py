@@ -25,6 +25,7 @@ doubles with each further fight (capped), and the fight is reported.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -220,10 +221,13 @@ class Reconciler:
 
     async def _reconcile(self, trigger: str) -> PassResult:
         started = time.monotonic()
+        cpu_started = time.thread_time()
         result = await self._pass()
         duration = time.monotonic() - started
+        cpu = time.thread_time() - cpu_started
 
         self.metrics.reconcile_duration.observe(duration)
+        self.metrics.reconcile_cpu.observe(cpu)
         self.metrics.reconciles.labels(result=result.outcome).inc()
         if result.outcome == "success":
             self.metrics.last_success.set(time.time())
@@ -233,6 +237,7 @@ class Reconciler:
             trigger=trigger,
             outcome=result.outcome,
             duration_ms=round(duration * 1000, 1),
+            cpu_ms=round(cpu * 1000, 1),
             leader=self.is_leader,
             mode=self.mode,
             writes=result.writes,
@@ -245,6 +250,7 @@ class Reconciler:
             "trigger": trigger,
             "outcome": result.outcome,
             "duration_seconds": round(duration, 4),
+            "cpu_seconds": round(cpu, 4),
             "finished_at": time.time(),
             "writes": result.writes,
             "error": result.error,
@@ -255,8 +261,21 @@ class Reconciler:
         from swarmkeeper.applying import apply_plan
 
         try:
-            live = await read_live_state(self.engine)
-            tasks = await self.engine.list_tasks(desired_state="running")
+            # One round trip, not two: the task list does not depend on the
+            # rest, and a pass's wall time is mostly waiting on the engine.
+            # Both are awaited to the end (no read left running unobserved);
+            # the live state's error, if any, is the one reported.
+            live_read, tasks_read = await asyncio.gather(
+                read_live_state(self.engine),
+                self.engine.list_tasks(desired_state="running"),
+                return_exceptions=True,
+            )
+            for answer in (live_read, tasks_read):
+                if isinstance(answer, BaseException):
+                    raise answer
+            assert not isinstance(live_read, BaseException)
+            assert not isinstance(tasks_read, BaseException)
+            live, tasks = live_read, tasks_read
         except EngineError as error:
             # The engine away, or its swarm without a leader from here: either
             # way nothing can be read, and nothing may be written.
