@@ -433,6 +433,7 @@ def main() -> int:
         # the report shows the committed numbers, labelled with their date.
         raw = json.loads(webhook.read_text())
         document["git_webhook"] = {k: v for k, v in raw.items() if k != "latency_ms"}
+    document["machine"]["load_at_end"] = describe_machine()["load_at_start"]
     document["runtime_seconds"] = round(time.monotonic() - started, 1)
     arguments.json.parent.mkdir(parents=True, exist_ok=True)
     arguments.json.write_text(json.dumps(document, indent=1) + "\n")
