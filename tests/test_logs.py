@@ -78,3 +78,21 @@ def test_exceptions_are_structured_in_json() -> None:
     record = json.loads(stream.getvalue())
     assert record["exception"][0]["exc_type"] == "RuntimeError"
     assert record["exception"][0]["exc_value"] == "boom"
+
+
+def test_without_a_stream_lines_follow_the_current_standard_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Configured while one stream is standard error, which is then closed and
+    # replaced (as pytest's capture does between tests): lines must reach the
+    # replacement, and writing must not fail on the closed one.
+    first = io.StringIO()
+    monkeypatch.setattr("sys.stderr", first)
+    configure_logging(level="info", log_format="json")
+    first.close()
+    second = io.StringIO()
+    monkeypatch.setattr("sys.stderr", second)
+
+    get_logger("swarmkeeper.test").info("webhook.accepted", bytes=3)
+
+    assert json.loads(second.getvalue())["event"] == "webhook.accepted"

@@ -27,8 +27,19 @@ _LEVELS = {
 def configure_logging(
     *, level: str = "info", log_format: str = "auto", stream: TextIO | None = None
 ) -> None:
-    """Set up structlog for the whole process. Safe to call again (tests do)."""
-    stream = sys.stderr if stream is None else stream
+    """Set up structlog for the whole process. Safe to call again (tests do).
+
+    Without ``stream``, lines go to whatever ``sys.stderr`` is when each one
+    is written, not to the object it was at configuration: whoever swaps
+    standard error later (pytest's capture, a redirecting wrapper) gets the
+    lines, and a swapped-out stream that was closed is never written to.
+    """
+    factory: Any
+    if stream is None:
+        stream = sys.stderr
+        factory = _current_stderr_logger
+    else:
+        factory = structlog.WriteLoggerFactory(file=stream)
     if log_format == "auto":
         log_format = "console" if stream.isatty() else "json"
 
@@ -55,9 +66,15 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.WriteLoggerFactory(file=stream),
+        logger_factory=factory,
         cache_logger_on_first_use=False,
     )
+
+
+def _current_stderr_logger(*_args: Any) -> structlog.WriteLogger:
+    # Loggers are not cached (cache_logger_on_first_use=False), so this runs
+    # for each line; a WriteLogger is a thin wrapper, cheap to make.
+    return structlog.WriteLogger(sys.stderr)
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
