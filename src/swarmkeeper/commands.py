@@ -180,6 +180,22 @@ def _pause_cycle_collection() -> None:
     gc.disable()
 
 
+def _spare_the_exit_collection() -> None:
+    """Leave every object alive now out of the collection the interpreter runs at exit.
+
+    With the collector off, Python still makes one full pass over every
+    tracked object when it shuts down: those of the imports (pydantic,
+    aiohttp, the compose schemas) more than the states, which are freed by
+    reference counting as the command returns. That pass was 60 ms of a
+    no-op apply's 800. Frozen objects are left out of it and nothing else
+    changes: the work is done, output is flushed as before, and memory is
+    returned when the process ends.
+    """
+    import gc
+
+    gc.freeze()
+
+
 def _plan_options(arguments: argparse.Namespace) -> Any:
     """The operator's permissions from the command line (plan shows the same)."""
     import time
@@ -212,6 +228,8 @@ def _run_with_engine(settings: Settings, body: Any) -> int:
     except EngineError as error:
         print(f"swarmkeeper: {error}", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        _spare_the_exit_collection()
 
 
 def run(settings: Settings, arguments: argparse.Namespace) -> int:
