@@ -9,6 +9,7 @@ import pytest
 
 from conftest import SwarmTestBed
 from swarmkeeper.engine import Engine, EngineUnreachable
+from swarmkeeper.live import read_live_state
 
 pytestmark = pytest.mark.engine
 
@@ -80,3 +81,28 @@ async def test_missing_socket_is_reported_as_unreachable(tmp_path: Path) -> None
     ) as engine:
         with pytest.raises(EngineUnreachable, match="list services"):
             await engine.list_services()
+
+
+async def test_concurrent_first_calls_ask_for_the_api_version_once(
+    docker_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # aiodocker asks GET /version in every call made before it knows the
+    # version; the six concurrent reads of a pass asked six times.
+    asked: list[str] = []
+    async with Engine.connect() as engine:
+        docker = engine._docker
+        query = docker._do_query
+
+        async def counting(path: Any, method: str, **options: Any) -> Any:
+            asked.append(str(path))
+            return await query(path, method, **options)
+
+        monkeypatch.setattr(docker, "_do_query", counting)
+        live = await read_live_state(engine)
+        assert engine.api_version == "v" + docker_client.version()["ApiVersion"]
+
+    assert live.node_id
+    assert asked.count("version") == 1
+    assert sorted(asked) == [
+        "configs", "info", "networks", "nodes", "secrets", "services", "version"
+    ]  # fmt: skip

@@ -15,8 +15,9 @@ import pytest
 
 from swarmkeeper.desired import DesiredState
 from swarmkeeper.loading.compose import content_addressed_name, load_stack
+from swarmkeeper.loading.files import parse_yaml
 from swarmkeeper.loading.interpolation import InterpolationError, substitute
-from swarmkeeper.loading.problems import InvalidDesiredState
+from swarmkeeper.loading.problems import InvalidDesiredState, Problems
 from swarmkeeper.loading.service import parse_port, parse_volume, split_command
 from swarmkeeper.loading.statedir import load_desired_state
 from swarmkeeper.loading.units import go_string, parse_bytes, parse_duration
@@ -440,6 +441,34 @@ def test_every_problem_is_reported_not_only_the_first(tmp_path: Path) -> None:
     }
 
 
+def test_a_key_that_is_not_a_string_is_a_located_problem(tmp_path: Path) -> None:
+    root = write(
+        tmp_path,
+        {
+            "stacks/web.yml": "services:\n  web:\n    image: nginx\n    labels:\n      1: a\n"
+        },
+    )
+    assert problems_of(root) == [
+        "stacks/web.yml:4: services.web.labels: keys must be strings, found 1"
+    ]
+
+
+def test_a_key_that_is_not_a_string_is_found_through_a_merge(tmp_path: Path) -> None:
+    compose = (
+        "x-labels: &labels\n"
+        "  tier: web\n"
+        "services:\n"
+        "  web:\n"
+        "    image: nginx\n"
+        "    labels:\n"
+        "      <<: [*labels, {true: yes}]\n"
+    )
+    root = write(tmp_path, {"stacks/web.yml": compose})
+    assert problems_of(root) == [
+        "stacks/web.yml:6: services.web.labels: keys must be strings, found True"
+    ]
+
+
 # ---------------------------------------------------------------- pieces --
 
 
@@ -635,3 +664,47 @@ def test_relative_bind_source_uses_the_state_directory_spelling(tmp_path: Path) 
 
     mount = state.services()["a_web"].spec["TaskTemplate"]["ContainerSpec"]["Mounts"][0]
     assert mount["Source"] == os.path.join(link, "stacks", "a", "data")
+
+
+def test_yaml_merge_keys_follow_the_yaml_rules() -> None:
+    text = (
+        "base: &base {a: 1, b: 2}\n"
+        "more: &more {b: 3, c: 4}\n"
+        "one:\n"
+        "  <<: *base\n"
+        "  a: own\n"
+        "many:\n"
+        "  <<: [*base, *more]\n"
+        "quoted:\n"
+        "  '<<': not a merge\n"
+    )
+    problems = Problems()
+    document = parse_yaml(text, file="f.yml", problems=problems)
+
+    assert not problems.errors
+    assert document is not None
+    data = document.data
+    assert data["one"] == {"a": "own", "b": 2}  # keys written in place win
+    assert data["many"] == {"a": 1, "b": 2, "c": 4}  # earlier sources win
+    assert data["quoted"] == {"<<": "not a merge"}
+    assert document.lines[("one", "a")] == 5
+    assert document.string_keys
+
+
+def test_yaml_values_resolve_as_yaml_1_2_whatever_the_tags() -> None:
+    text = "a: yes\nb: 0440\nc: 0x1F\nd: ~\ne: '12'\nf: 1.5\ng: true\n"
+    document = parse_yaml(text, file="f.yml", problems=Problems())
+
+    assert document is not None
+    assert document.data == {
+        "a": "yes", "b": 288, "c": 31, "d": None, "e": "12", "f": 1.5, "g": True
+    }  # fmt: skip
+    assert document.string_keys
+
+
+def test_parsing_notes_a_key_that_is_not_a_string() -> None:
+    document = parse_yaml("a:\n  - {1: x}\n", file="f.yml", problems=Problems())
+
+    assert document is not None
+    assert document.data == {"a": [{1: "x"}]}
+    assert not document.string_keys

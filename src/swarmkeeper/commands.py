@@ -103,6 +103,7 @@ def _revision(settings: Settings) -> str:
 
 def plan(settings: Settings, arguments: argparse.Namespace) -> int:
     """Show what apply would change: exit 0 in sync, 1 changes pending, 2 error."""
+    _pause_cycle_collection()
     desired = _load_for_engine_command(settings)
     if desired is None:
         return EXIT_ERROR
@@ -129,6 +130,7 @@ def apply(settings: Settings, arguments: argparse.Namespace) -> int:
     """Make the swarm match: exit 0 matched, 1 items left alone, 2 error."""
     import structlog
 
+    _pause_cycle_collection()
     desired = _load_for_engine_command(settings)
     if desired is None:
         return EXIT_ERROR
@@ -163,6 +165,37 @@ async def _apply(
     return EXIT_NO if left_alone else EXIT_OK
 
 
+def _pause_cycle_collection() -> None:
+    """Turn Python's cycle collector off for the rest of a plan or apply process.
+
+    They are short-lived processes that build large acyclic structures (the
+    desired state, the live state, specs); the collector only slowed them
+    down, and memory is returned when the process ends. Off from before the
+    load, not only around it: turned back on in between, its first pass
+    walked every object the load had made (25 ms at 1,000 services),
+    only to be turned off again for the engine's part.
+    """
+    import gc
+
+    gc.disable()
+
+
+def _spare_the_exit_collection() -> None:
+    """Leave every object alive now out of the collection the interpreter runs at exit.
+
+    With the collector off, Python still makes one full pass over every
+    tracked object when it shuts down: those of the imports (pydantic,
+    aiohttp, the compose schemas) more than the states, which are freed by
+    reference counting as the command returns. That pass was 60 ms of a
+    no-op apply's 800. Frozen objects are left out of it and nothing else
+    changes: the work is done, output is flushed as before, and memory is
+    returned when the process ends.
+    """
+    import gc
+
+    gc.freeze()
+
+
 def _plan_options(arguments: argparse.Namespace) -> Any:
     """The operator's permissions from the command line (plan shows the same)."""
     import time
@@ -180,14 +213,8 @@ def _plan_options(arguments: argparse.Namespace) -> Any:
 def _run_with_engine(settings: Settings, body: Any) -> int:
     """Connect, run ``body(engine)``; an engine failure becomes status 2."""
     import asyncio
-    import gc
 
     from swarmkeeper.engine import Engine, EngineError
-
-    # plan and apply are short-lived processes that build large acyclic
-    # structures (the live state, specs); the cycle collector only slowed
-    # them down. Memory is returned when the process ends.
-    gc.disable()
 
     async def main() -> int:
         async with Engine.connect(
@@ -201,6 +228,8 @@ def _run_with_engine(settings: Settings, body: Any) -> int:
     except EngineError as error:
         print(f"swarmkeeper: {error}", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        _spare_the_exit_collection()
 
 
 def run(settings: Settings, arguments: argparse.Namespace) -> int:

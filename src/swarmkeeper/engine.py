@@ -14,6 +14,7 @@ mappings as the engine sends them.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -112,6 +113,9 @@ class Engine:
         # one that is stuck.
         self._in_flight: dict[int, float] = {}
         self._next_call = 0
+        # One question for the engine's API version, however many first
+        # calls wait on it (see _settle_api_version).
+        self._version_lock = asyncio.Lock()
 
     @property
     def call_timeout(self) -> float:
@@ -148,6 +152,12 @@ class Engine:
         self._in_flight[call] = time.monotonic()
         try:
             async with asyncio.timeout(self._timeout):
+                try:
+                    await self._settle_api_version()
+                except BaseException:
+                    if inspect.iscoroutine(request):
+                        request.close()  # never sent: no "never awaited" warning
+                    raise
                 return await request
         except aiodocker.DockerError as error:
             raise _classify(error, what) from error
@@ -159,6 +169,19 @@ class Engine:
             raise EngineUnreachable(f"{what}: {error}") from error
         finally:
             del self._in_flight[call]
+
+    async def _settle_api_version(self) -> None:
+        """Learn the engine's API version once, before the first real call.
+
+        aiodocker asks for it (``GET /version``) in every call made while
+        it does not know it yet, so the concurrent first reads of a pass
+        asked six times: a no-op apply made 12 requests, not 7. The first
+        caller asks; the others wait for its answer.
+        """
+        if self._docker.api_version != "auto":
+            return
+        async with self._version_lock:
+            await self._docker._check_version()
 
     @property
     def api_version(self) -> str:

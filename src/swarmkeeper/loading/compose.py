@@ -381,7 +381,9 @@ def _check_schema(context: StackContext) -> set[str] | None:
     version = _parse_version(go_string(data["version"])) or NEWEST_VERSION
     invalid_services: set[str] = set()
     elsewhere = False
-    for path, message in validate_compose(data, version):
+    # Interpolation and the version default keep every key a string.
+    string_keys = context.document.string_keys
+    for path, message in validate_compose(data, version, string_keys=string_keys):
         context.error(path, message)
         if len(path) >= 2 and path[0] == "services":
             invalid_services.add(str(path[1]))

@@ -12,6 +12,7 @@ came from, so that problems found much later can still say where.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -53,6 +54,9 @@ class Document:
     file: str  # as shown to the operator: relative to the state directory
     data: Any
     lines: dict[FieldPath, int] = field(default_factory=dict)
+    # True when parsing saw every mapping key and each was a string, so a
+    # check need not walk ``data`` to find one that is not (False: unknown).
+    string_keys: bool = False
 
     def line(self, path: FieldPath) -> int | None:
         """The line of ``path``, or of its nearest ancestor that has one."""
@@ -148,7 +152,7 @@ def parse_yaml(text: str, *, file: str, problems: Problems) -> Document | None:
     """
     import yaml
 
-    loader = yaml.CSafeLoader(text)
+    loader = _loader_class()(text)
     try:
         root = loader.get_single_node()
     except yaml.MarkedYAMLError as error:
@@ -170,6 +174,7 @@ def parse_yaml(text: str, *, file: str, problems: Problems) -> Document | None:
     builder = _Builder(file, document.lines)
     try:
         document.data = builder.value(root, ())
+        document.string_keys = builder.keys_all_strings
     except _BadYAML as error:
         problems.error(Location(file, error.line), error.path, f"YAML: {error}")
         return None
@@ -243,66 +248,114 @@ def resolve_scalar(text: str) -> Any:
     return text
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+@functools.cache
+def _loader_class() -> Any:
+    """libyaml's loader, with the only tag resolution the builder needs.
+
+    libyaml composes the nodes in C but calls back into Python for every
+    node's tag, and PyYAML's resolver then tries its YAML 1.1 patterns on
+    every plain scalar: a tenth of a big file's parse, for tags the builder
+    never reads (it resolves plain scalars itself, the YAML 1.2 way). The
+    one tag it reads is the merge key's, a plain ``<<`` (an explicit
+    ``!!merge`` tag does not come through here).
+    """
+    import yaml
+
+    class Loader(yaml.CSafeLoader):
+        def resolve(self, kind: Any, value: Any, implicit: Any) -> str:
+            if kind is yaml.ScalarNode:
+                if implicit[0] and value == "<<":
+                    return _MERGE_TAG
+                return "tag:yaml.org,2002:str"
+            if kind is yaml.SequenceNode:
+                return "tag:yaml.org,2002:seq"
+            return "tag:yaml.org,2002:map"
+
+    return Loader
+
+
 class _Builder:
-    """Turns libyaml nodes into plain values, noting lines and checking keys."""
+    """Turns libyaml nodes into plain values, noting lines and checking keys.
+
+    A big file has hundreds of thousands of nodes, so the common case (a
+    scalar value in a mapping) is handled in place rather than through
+    :meth:`value`, with the same count and the same results.
+    """
 
     def __init__(self, file: str, lines: dict[FieldPath, int]) -> None:
+        import yaml
+
         self.file = file
         self.lines = lines
         self.visited = 0
+        # Whether every mapping key built was a string: when so, the schema
+        # check need not walk the document looking for one that is not.
+        self.keys_all_strings = True
+        self._scalar_node = yaml.ScalarNode
+        self._sequence_node = yaml.SequenceNode
+        self._mapping_node = yaml.MappingNode
 
-    def value(self, node: Any, path: FieldPath) -> Any:
-        import yaml
-
+    def _count(self) -> None:
         self.visited += 1
         if self.visited > MAX_YAML_NODES:
             raise _BadYAML(
                 f"expands to more than {MAX_YAML_NODES} values (anchors and aliases?)",
                 line=None,
             )
-        if isinstance(node, yaml.ScalarNode):
-            return self.scalar(node)
-        if isinstance(node, yaml.SequenceNode):
+
+    def value(self, node: Any, path: FieldPath) -> Any:
+        self._count()
+        kind = type(node)
+        if kind is self._scalar_node:
+            # libyaml marks plain scalars with an empty style; quoted,
+            # literal and folded ones are strings whatever they spell. (Its
+            # own tags follow YAML 1.1 and are ignored, as is an explicit tag
+            # on a plain scalar: compose files do not use them.)
+            return node.value if node.style else resolve_scalar(node.value)
+        if kind is self._sequence_node:
             items = []
+            lines = self.lines
             for index, item in enumerate(node.value):
                 child = (*path, index)
-                self.lines[child] = item.start_mark.line + 1
+                lines[child] = item.start_mark.line + 1
                 items.append(self.value(item, child))
             return items
         return self.mapping(node, path)
 
-    def scalar(self, node: Any) -> Any:
-        # libyaml marks plain scalars with an empty style; quoted, literal
-        # and folded ones are strings whatever they spell. (Its own tags
-        # follow YAML 1.1 and are ignored, as is an explicit tag on a plain
-        # scalar: compose files do not use them.)
-        if node.style:
-            return node.value
-        return resolve_scalar(node.value)
-
     def mapping(self, node: Any, path: FieldPath) -> dict[Any, Any]:
-        import yaml
-
         result: dict[Any, Any] = {}
         first_line: dict[Any, int] = {}
         merged: list[dict[Any, Any]] = []
+        lines = self.lines
+        scalar_node = self._scalar_node
         for key_node, value_node in node.value:
             line = key_node.start_mark.line + 1
-            if key_node.tag == "tag:yaml.org,2002:merge":
+            if key_node.tag == _MERGE_TAG:
                 merged.extend(self.merge_sources(value_node, path))
                 continue
-            if not isinstance(key_node, yaml.ScalarNode):
+            if type(key_node) is not scalar_node:
                 raise _BadYAML("a mapping key must be a plain value", line=line)
-            key = self.scalar(key_node)
+            text = key_node.value
+            key = text if key_node.style else resolve_scalar(text)
             if key in first_line:
                 raise _BadYAML(
                     f"duplicate key {key!r} (first defined on line {first_line[key]})",
                     line=line,
                 )
             first_line[key] = line
+            if type(key) is not str:
+                self.keys_all_strings = False
             child = (*path, str(key))
-            self.lines[child] = line
-            result[key] = self.value(value_node, child)
+            lines[child] = line
+            if type(value_node) is scalar_node:
+                self._count()
+                text = value_node.value
+                result[key] = text if value_node.style else resolve_scalar(text)
+            else:
+                result[key] = self.value(value_node, child)
         # Keys written in the mapping win over merged ones; earlier merge
         # sources win over later ones.
         for source in merged:
@@ -311,12 +364,10 @@ class _Builder:
         return result
 
     def merge_sources(self, node: Any, path: FieldPath) -> list[dict[Any, Any]]:
-        import yaml
-
-        sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        sources = node.value if type(node) is self._sequence_node else [node]
         values = []
         for source in sources:
-            if not isinstance(source, yaml.MappingNode):
+            if type(source) is not self._mapping_node:
                 raise _BadYAML(
                     "<< must merge a mapping", line=source.start_mark.line + 1
                 )

@@ -158,11 +158,14 @@ def interpolate(
     """
 
     def visit(value: Any, path: FieldPath) -> Any:
-        if isinstance(value, dict):
+        if isinstance(value, str):
+            if "$" not in value:  # most values: nothing to substitute or cast
+                return value
+        elif isinstance(value, dict):
             return {key: visit(item, (*path, str(key))) for key, item in value.items()}
-        if isinstance(value, list):
+        elif isinstance(value, list):
             return [visit(item, (*path, index)) for index, item in enumerate(value)]
-        if not isinstance(value, str):
+        else:
             return value
 
         try:
@@ -173,7 +176,7 @@ def interpolate(
         # Only values that contained a reference are converted: a quoted "3"
         # written by hand stays a string (and the schema then rejects it), as
         # in the CLI.
-        kind = _cast_kind(path) if "$" in value else None
+        kind = _cast_kind(path)
         if kind is None:
             return result
         try:

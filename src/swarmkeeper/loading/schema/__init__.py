@@ -80,9 +80,16 @@ def _check_ports(value: object) -> bool:
     return True
 
 
-def validate_compose(data: Any, version: Version) -> Iterator[tuple[FieldPath, str]]:
-    """Every schema violation in ``data`` as (field path, message)."""
-    bad_key = _first_non_string_key(data, ())
+def validate_compose(
+    data: Any, version: Version, *, string_keys: bool = False
+) -> Iterator[tuple[FieldPath, str]]:
+    """Every schema violation in ``data`` as (field path, message).
+
+    ``string_keys``: the caller knows every mapping key in ``data`` is a
+    string (the YAML parser saw them all), so the walk looking for one that
+    is not is skipped.
+    """
+    bad_key = None if string_keys else _first_non_string_key(data, ())
     if bad_key is not None:
         path, key = bad_key
         yield path, f"keys must be strings, found {key!r}"
