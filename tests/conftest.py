@@ -16,6 +16,7 @@ Without an engine these tests are skipped, unless ``SWARMKEEPER_REQUIRE_ENGINE=1
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import re
 import secrets
@@ -40,6 +41,18 @@ def _unavailable(reason: str) -> None:
     if REQUIRE_ENGINE:
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def _restore_garbage_collection() -> Iterator[None]:
+    """Undo what ``plan``/``apply`` do to the collector when a test runs them in-process.
+
+    Those commands switch the cycle collector off and freeze the heap, as a
+    short-lived process may; the test process lives on and must collect.
+    """
+    yield
+    gc.unfreeze()
+    gc.enable()
 
 
 @pytest.fixture(scope="session")
