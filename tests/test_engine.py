@@ -106,3 +106,33 @@ async def test_concurrent_first_calls_ask_for_the_api_version_once(
     assert sorted(asked) == [
         "configs", "info", "networks", "nodes", "secrets", "services", "version"
     ]  # fmt: skip
+
+
+async def test_a_known_node_id_spares_the_info_call_and_reads_the_same_leadership(
+    docker_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with Engine.connect() as engine:
+        first = await read_live_state(engine)
+        asked: list[str] = []
+        docker = engine._docker
+        query = docker._do_query
+
+        async def counting(path: Any, method: str, **options: Any) -> Any:
+            asked.append(str(path))
+            return await query(path, method, **options)
+
+        monkeypatch.setattr(docker, "_do_query", counting)
+        known = await read_live_state(engine, node_id=first.node_id)
+        assert "info" not in asked
+
+        # An ID the node list does not hold (the engine joined a swarm again
+        # since it was read) is not trusted: /info is asked after all.
+        asked.clear()
+        stale = await read_live_state(engine, node_id="not-a-node-of-this-swarm")
+        assert asked.count("info") == 1
+
+    own_id = docker_client.info()["Swarm"]["NodeID"]
+    for live in (first, known, stale):
+        assert live.node_id == own_id
+        assert live.leadership == first.leadership
+        assert live.is_leader  # the suite's engine is a single-node swarm

@@ -66,7 +66,11 @@ def leadership_from(info: JSONObject, nodes: list[JSONObject]) -> Leadership:
         return Leadership(
             node_id, leader=False, quorum=False, problem=str(swarm["Error"])
         )
+    return leadership_in(node_id, nodes)
 
+
+def leadership_in(node_id: str, nodes: list[JSONObject]) -> Leadership:
+    """Leadership of node ``node_id`` from a node list its manager answered."""
     own = next((node for node in nodes if node.get("ID") == node_id), {})
     leader = bool((own.get("ManagerStatus") or {}).get("Leader"))
     managers = [node["ManagerStatus"] for node in nodes if node.get("ManagerStatus")]
@@ -139,25 +143,39 @@ class LiveState:
         return nodes
 
 
-async def read_live_state(engine: Engine) -> LiveState:
-    """Read everything the diff needs, concurrently."""
+async def read_live_state(engine: Engine, *, node_id: str | None = None) -> LiveState:
+    """Read everything the diff needs, concurrently.
+
+    ``node_id`` is this engine's swarm node when the caller already knows it
+    (from an earlier ``/info``): then ``/info`` is not asked, since the node
+    list alone says whether that node leads and sees a quorum, and ``/info``
+    is the slowest of these reads (9 ms of a 100-service read's 23 on the
+    test engine). A node list without that node (the engine left and joined
+    a swarm again) sends the read back to ``/info``. A swarm without a
+    leader fails the node list itself, so nothing is missed that a write
+    depends on; writers ask ``/info`` again right before writing anyway.
+    """
     from swarmkeeper.engine import EngineError
 
     try:
         async with asyncio.TaskGroup() as group:
-            info = group.create_task(engine.info())
+            info = group.create_task(engine.info()) if not node_id else None
             services = group.create_task(engine.list_services())
             networks = group.create_task(engine.list_networks())
             configs = group.create_task(engine.list_configs())
             secrets = group.create_task(engine.list_secrets())
             nodes = group.create_task(engine.list_nodes())
     except* EngineError as failures:
-        # Six reads failing for one reason (the engine is away) are one
-        # problem to report, not a group of six.
+        # Reads failing for one reason (the engine is away) are one
+        # problem to report, not a group of them.
         raise failures.exceptions[0] from None
 
     node_list = nodes.result()
-    leadership = leadership_from(info.result(), node_list)
+    if info is None and node_id and any(n.get("ID") == node_id for n in node_list):
+        leadership = leadership_in(node_id, node_list)
+    else:
+        answer = info.result() if info is not None else await engine.info()
+        leadership = leadership_from(answer, node_list)
 
     # Only swarm-scope networks can carry services; local ones (bridge, host)
     # share names across nodes and are not swarmkeeper's business.

@@ -165,6 +165,9 @@ class Reconciler:
         self.is_leader = False
         self.quorum: bool | None = None  # None until first known
         self.swarm_problem: str | None = None
+        # This engine's swarm node, from the last reading that named it: with
+        # it a pass's read skips /info (see read_live_state).
+        self.node_id: str | None = None
         self.status: dict[str, Any] = {"objects": [], "last_pass": None}
         # The revision the last writing pass converged to: the first pass of
         # a new revision carries out a change request, it corrects no drift.
@@ -193,6 +196,8 @@ class Reconciler:
             )
         self.is_leader = may_write
         self.quorum = leadership.quorum
+        if leadership.node_id:
+            self.node_id = leadership.node_id
         self.swarm_problem = None if leadership.quorum else leadership.problem
         self.metrics.leader.set(1 if may_write else 0)
         self.metrics.swarm_quorum.set(1 if leadership.quorum else 0)
@@ -266,7 +271,7 @@ class Reconciler:
             # Both are awaited to the end (no read left running unobserved);
             # the live state's error, if any, is the one reported.
             live_read, tasks_read = await asyncio.gather(
-                read_live_state(self.engine),
+                read_live_state(self.engine, node_id=self.node_id),
                 self.engine.list_tasks(desired_state="running"),
                 return_exceptions=True,
             )
