@@ -682,6 +682,36 @@ def test_probes_with_an_engine_and_a_loaded_state(
     assert daemon.metric("swarmkeeper_leader") == 1
 
 
+def test_task_health_is_seen_between_passes(
+    swarm: SwarmTestBed, daemons: DaemonFactory, tmp_path: Path
+) -> None:
+    # A task starting makes no event the daemon watches (the engine has no
+    # task events): with resyncs 300 s apart, only the health poll can see
+    # the new service's task running.
+    p = swarm.prefix
+    state = write_state(
+        tmp_path / "state", prefix=p, stack=stack_text(swarm.image, {"web": 1})
+    )
+    daemon = daemons(state, resync_interval=300)
+    web = swarm.name("web")
+    daemon.wait_for(
+        lambda: len(swarm.running_tasks(web)) == 1, timeout=60, what="a running task"
+    )
+
+    def web_status() -> dict[str, Any]:
+        objects = daemon.status()["objects"]
+        return next(o for o in objects if o["kind"] == "service" and o["name"] == web)
+
+    daemon.wait_for(
+        lambda: web_status()["health"] == "healthy",
+        timeout=20,
+        what="the service healthy in /status",
+    )
+    assert web_status()["running"] == 1
+    unhealthy = metric_key("swarmkeeper_stack_unhealthy_services", stack=p)
+    assert daemon.metrics()[unhealthy] == 0
+
+
 def test_without_an_engine_it_stays_up_ready_but_not_ready(
     daemons: DaemonFactory, tmp_path: Path
 ) -> None:

@@ -165,6 +165,9 @@ class Reconciler:
         self.is_leader = False
         self.quorum: bool | None = None  # None until first known
         self.swarm_problem: str | None = None
+        # The managed services of the last pass by ID, each with its entry in
+        # status["objects"], for refresh_health between passes.
+        self._health_view: dict[str, dict[str, Any]] = {}
         # This engine's swarm node, from the last reading that named it: with
         # it a pass's read skips /info (see read_live_state).
         self.node_id: str | None = None
@@ -402,6 +405,31 @@ class Reconciler:
             changes.append(change)
         return Plan(tuple(changes), plan.notes, plan.prune_refused)
 
+    def refresh_health(self, tasks: list[dict[str, Any]]) -> None:
+        """Count running tasks again for the services the last pass saw.
+
+        Tasks start, fail and move without any event this daemon watches, so
+        between passes the health in ``/status`` and
+        ``swarmkeeper_stack_unhealthy_services`` is refreshed from a fresh
+        task list alone; specs and update states still come from the last
+        pass (a change to those is a service event, and runs a pass).
+        """
+        running = _running_by_service(tasks)
+        stacks_unhealthy: dict[str, int] = {}
+        for service_id, item in self._health_view.items():
+            have = running.get(service_id, 0)
+            unhealthy = _unhealthy(item["desired"], have, item["update_state"])
+            item["running"] = have
+            item["health"] = "unhealthy" if unhealthy else "healthy"
+            if unhealthy:
+                stack = item["stack"]
+                stacks_unhealthy[stack] = stacks_unhealthy.get(stack, 0) + 1
+        if self.desired is not None:
+            for stack in self.desired.stacks:
+                self.metrics.stack_unhealthy.labels(stack=stack).set(
+                    stacks_unhealthy.get(stack, 0)
+                )
+
     def _record(self, plan: Plan, live: LiveState, tasks: list[dict[str, Any]]) -> None:
         """Metrics and the status document for this pass's view of the swarm."""
         from swarmkeeper.metrics import KINDS
@@ -416,11 +444,7 @@ class Reconciler:
             if refused:
                 self.metrics.prune_refused.labels(kind=kind).inc()
 
-        running: dict[str, int] = {}
-        for task in tasks:
-            if (task.get("Status") or {}).get("State") == "running":
-                service_id = task.get("ServiceID", "")
-                running[service_id] = running.get(service_id, 0) + 1
+        running = _running_by_service(tasks)
 
         managed = {
             "service": [
@@ -440,37 +464,33 @@ class Reconciler:
         stacks_drifted: dict[str, int] = {}
         stacks_unhealthy: dict[str, int] = {}
         objects = []
+        health_view: dict[str, dict[str, Any]] = {}
         for service in managed["service"]:
             spec = service["Spec"]
             name = spec["Name"]
             stack = (spec.get("Labels") or {}).get(STACK_NAMESPACE_LABEL, "")
-            wanted = ((spec.get("Mode") or {}).get("Replicated") or {}).get("Replicas")
+            wanted = _wanted_replicas(service)
             have = running.get(service["ID"], 0)
             state = update_state(service)
-            unhealthy = (wanted is not None and have < wanted) or state in (
-                "paused",
-                "rollback_started",
-                "rollback_paused",
-                "rollback_completed",
-            )
+            unhealthy = _unhealthy(wanted, have, state)
             found = changed.get(("service", name))
             sync = "in-sync" if found is None else found.action
             if found is not None:
                 stacks_drifted[stack] = stacks_drifted.get(stack, 0) + 1
             if unhealthy:
                 stacks_unhealthy[stack] = stacks_unhealthy.get(stack, 0) + 1
-            objects.append(
-                {
-                    "kind": "service",
-                    "name": name,
-                    "stack": stack,
-                    "sync": sync,
-                    "health": "unhealthy" if unhealthy else "healthy",
-                    "running": have,
-                    "desired": wanted,
-                    "update_state": state,
-                }
-            )
+            entry = {
+                "kind": "service",
+                "name": name,
+                "stack": stack,
+                "sync": sync,
+                "health": "unhealthy" if unhealthy else "healthy",
+                "running": have,
+                "desired": wanted,
+                "update_state": state,
+            }
+            objects.append(entry)
+            health_view[service["ID"]] = entry
         for kind in ("network", "config", "secret"):
             for item in managed[kind]:
                 name = item.get("Name") or item["Spec"]["Name"]
@@ -514,11 +534,41 @@ class Reconciler:
                 self.fights.settled(item["kind"], item["name"])
 
         self.status["objects"] = sorted(objects, key=lambda o: (o["kind"], o["name"]))
+        self._health_view = health_view
         self.status["revision"] = self.revision
         self.status["leader"] = self.is_leader
         self.status["quorum"] = self.quorum
         self.status["mode"] = self.mode
         self.status["desired_state_valid"] = self.desired_valid
+
+
+def _running_by_service(tasks: list[dict[str, Any]]) -> dict[str, int]:
+    """Running tasks per service ID."""
+    running: dict[str, int] = {}
+    for task in tasks:
+        if (task.get("Status") or {}).get("State") == "running":
+            service_id = task.get("ServiceID", "")
+            running[service_id] = running.get(service_id, 0) + 1
+    return running
+
+
+def _wanted_replicas(service: dict[str, Any]) -> int | None:
+    """Replicas a replicated service asks for; None for a global one."""
+    spec = service["Spec"]
+    wanted: int | None = ((spec.get("Mode") or {}).get("Replicated") or {}).get(
+        "Replicas"
+    )
+    return wanted
+
+
+def _unhealthy(wanted: int | None, have: int, update: str | None) -> bool:
+    """Fewer tasks running than asked for, or an update stopped or rolled back."""
+    return (wanted is not None and have < wanted) or update in (
+        "paused",
+        "rollback_started",
+        "rollback_paused",
+        "rollback_completed",
+    )
 
 
 def _unknown_leadership(error: EngineError) -> Leadership:

@@ -54,6 +54,9 @@ log = get_logger("swarmkeeper.running")
 COALESCE_SECONDS = 0.02  # let a burst of events arrive before reading
 STOP_GRACE = 8.0  # seconds the pass in flight may take to finish on SIGTERM
 LEADERSHIP_POLL = 2.0  # seconds; the takeover after an election waits up to this
+# Seconds between task counts for /status health and the unhealthy-services
+# metric (tasks change without events); one cheap filtered list each time.
+HEALTH_POLL = 5.0
 FILE_SETTLE_MS = 300  # a change to the desired state counts once writes stop
 RETRY_MIN, RETRY_MAX = 0.5, 30.0  # engine outage back-off, seconds
 WRITE_RETRY_MIN = 2.0  # failed writes: first pause, doubling up to RETRY_MAX
@@ -423,6 +426,20 @@ class Daemon:
                 self._schedule_retry(None)
                 self.trigger("leadership")
 
+    async def health_poll(self) -> None:
+        """Task states change with no event this daemon receives: count them.
+
+        Only health is refreshed (see Reconciler.refresh_health); drift
+        still needs a pass, which events, the resync and the other polls run.
+        """
+        while True:
+            await asyncio.sleep(HEALTH_POLL)
+            try:
+                tasks = await self.engine.list_tasks(desired_state="running")
+            except EngineError:
+                continue  # the engine is away: the passes report and retry that
+            self.reconciler.refresh_health(tasks)
+
     async def watchdog(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
@@ -450,6 +467,7 @@ class Daemon:
                     group.create_task(self.follow_git())
                 group.create_task(self.resync_timer())
                 group.create_task(self.leadership_poll())
+                group.create_task(self.health_poll())
                 if self.notifier.watchdog_interval:
                     group.create_task(self.watchdog(self.notifier.watchdog_interval))
                 group.create_task(self.stop_when_asked())
