@@ -83,21 +83,27 @@ async def test_missing_socket_is_reported_as_unreachable(tmp_path: Path) -> None
             await engine.list_services()
 
 
+def count_requests(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths of the requests ``engine`` sends from now on, in order."""
+    asked: list[str] = []
+    docker = engine._docker
+    query = docker._do_query
+
+    async def counting(path: Any, method: str, **options: Any) -> Any:
+        asked.append(str(path))
+        return await query(path, method, **options)
+
+    monkeypatch.setattr(docker, "_do_query", counting)
+    return asked
+
+
 async def test_concurrent_first_calls_ask_for_the_api_version_once(
     docker_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # aiodocker asks GET /version in every call made before it knows the
     # version; the six concurrent reads of a pass asked six times.
-    asked: list[str] = []
     async with Engine.connect() as engine:
-        docker = engine._docker
-        query = docker._do_query
-
-        async def counting(path: Any, method: str, **options: Any) -> Any:
-            asked.append(str(path))
-            return await query(path, method, **options)
-
-        monkeypatch.setattr(docker, "_do_query", counting)
+        asked = count_requests(engine, monkeypatch)
         live = await read_live_state(engine)
         assert engine.api_version == "v" + docker_client.version()["ApiVersion"]
 
@@ -113,15 +119,7 @@ async def test_a_known_node_id_spares_the_info_call_and_reads_the_same_leadershi
 ) -> None:
     async with Engine.connect() as engine:
         first = await read_live_state(engine)
-        asked: list[str] = []
-        docker = engine._docker
-        query = docker._do_query
-
-        async def counting(path: Any, method: str, **options: Any) -> Any:
-            asked.append(str(path))
-            return await query(path, method, **options)
-
-        monkeypatch.setattr(docker, "_do_query", counting)
+        asked = count_requests(engine, monkeypatch)
         known = await read_live_state(engine, node_id=first.node_id)
         assert "info" not in asked
 

@@ -397,21 +397,11 @@ def _fast_check(schema: dict[str, Any]) -> Callable[[Any], bool]:
     known = _FAST_CHECKS.get(id(schema))
     if known is not None and known[0] is schema:
         return known[1]
-    import fastjsonschema
+    from swarmkeeper.loading.schema import compile_yes_no
 
-    compiled = fastjsonschema.compile(
-        {"$schema": "http://json-schema.org/draft-04/schema#", **schema},
-        detailed_exceptions=False,
-        use_default=False,
+    check = compile_yes_no(
+        {"$schema": "http://json-schema.org/draft-04/schema#", **schema}
     )
-
-    def check(data: Any) -> bool:
-        try:
-            compiled(data)
-        except fastjsonschema.JsonSchemaException:
-            return False
-        return True
-
     _FAST_CHECKS[id(schema)] = (schema, check)
     return check
 
