@@ -197,6 +197,17 @@ def wait_until_stable(
     return current
 
 
+def wait_for_engine(
+    condition: Callable[[], bool], *, what: str, timeout: float = 60.0
+) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {timeout:g}s for {what}")
+        time.sleep(0.2)
+
+
 def foreign_owned(client: Any, prefix: str) -> list[str]:
     """What swarmkeeper owns on the swarm that this test did not make.
 
@@ -469,6 +480,10 @@ class Drift:
     restored: Callable[[Any, Seed], bool]  # the engine holds the desired value
     # Other changes the person's commands call for: (kind, subject, action).
     also: tuple[tuple[str, str, str], ...] = ()
+    # The engine has finished what the commands started. A removed overlay
+    # network stays listed on a node until its last task container there has
+    # stopped (up to the stop grace period), so plan may only be asked after.
+    settled: Callable[[Any, Seed], bool] | None = None
 
 
 def _mode(client: Any, seed: Seed) -> bool:
@@ -627,6 +642,9 @@ DRIFTS = [
         None,
         _registry_network,
         also=(("service", "{registry}", "create"),),
+        settled=lambda client, seed: (
+            not network_exists(client, seed.network("registry"))
+        ),
     ),
     Drift(
         "node-label-removed",
@@ -657,6 +675,12 @@ def test_plan_shows_drift_and_apply_undoes_it(
     names = seed.names()
     for command in drift.commands:
         docker_cli(*(argument.format(**names) for argument in command))
+    settled = drift.settled
+    if settled is not None:
+        wait_for_engine(
+            lambda: settled(swarm.client, seed),
+            what=f"the engine to finish drift '{drift.id}'",
+        )
     assert not drift.restored(swarm.client, seed), "the drift did not take"
 
     text = expect_status(run_swarmkeeper("plan", seed.state_dir), 1)
