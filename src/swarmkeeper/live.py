@@ -107,6 +107,31 @@ async def read_leadership(engine: Engine) -> Leadership:
     return leadership_from(info, nodes)
 
 
+def split_leaving_networks(
+    swarm_networks: list[JSONObject],
+) -> tuple[list[JSONObject], list[JSONObject]]:
+    """The swarm's networks, and those removed from it that this node still lists.
+
+    A manager answers ``GET /networks`` with the swarm's own networks followed
+    by the node's local ones the swarm did not already name. A removed overlay
+    network stays local until the last task container attached to it on this
+    node has stopped (up to a stop grace period), so for that while it is
+    listed though the swarm has it no more: a service cannot attach to it and
+    the engine refuses a new network of its name. The two kinds of entry
+    differ in one way: only the node's own carry ``Peers``.
+
+    That difference is trusted only when the swarm answered at all, shown by
+    at least one entry without ``Peers`` (usually the swarm's ingress
+    network). Otherwise (a manager without quorum lists local entries only,
+    and a future engine might add ``Peers`` everywhere) every entry counts as
+    the swarm's, as before: a network is never taken for gone on a guess.
+    """
+    stored = [n for n in swarm_networks if "Peers" not in n]
+    if not stored:
+        return list(swarm_networks), []
+    return stored, [n for n in swarm_networks if "Peers" in n]
+
+
 @dataclass(frozen=True)
 class LiveState:
     """One consistent-enough read of the swarm, indexed for the diff."""
@@ -121,12 +146,17 @@ class LiveState:
     # Network names whose name more than one network carries (possible for
     # local-scope networks); a desired network with such a name is ambiguous.
     duplicate_network_names: frozenset[str] = frozenset()
+    # Networks already removed from the swarm that this node still lists, by
+    # name: see split_leaving_networks. They cannot be used or re-created yet.
+    leaving_networks: dict[str, JSONObject] = field(default_factory=dict)
     # The leadership read with this state; None only in hand-made states.
     leadership: Leadership | None = None
 
     @property
     def network_names_by_id(self) -> dict[str, str]:
-        return {network["Id"]: name for name, network in self.networks.items()}
+        names = {n["Id"]: name for name, n in self.leaving_networks.items()}
+        names.update((n["Id"], name) for name, n in self.networks.items())
+        return names
 
     @property
     def ingress_network(self) -> str | None:
@@ -179,11 +209,11 @@ async def read_live_state(engine: Engine, *, node_id: str | None = None) -> Live
 
     # Only swarm-scope networks can carry services; local ones (bridge, host)
     # share names across nodes and are not swarmkeeper's business.
+    swarm_networks = [n for n in networks.result() if n.get("Scope") == "swarm"]
+    stored, leaving = split_leaving_networks(swarm_networks)
     by_name: dict[str, JSONObject] = {}
     duplicates: set[str] = set()
-    for network in networks.result():
-        if network.get("Scope") != "swarm":
-            continue
+    for network in stored:
         name = network["Name"]
         if name in by_name:
             duplicates.add(name)
@@ -198,5 +228,6 @@ async def read_live_state(engine: Engine, *, node_id: str | None = None) -> Live
         secrets={s["Spec"]["Name"]: s for s in secrets.result()},
         nodes=node_list,
         duplicate_network_names=frozenset(duplicates),
+        leaving_networks={n["Name"]: n for n in leaving if n["Name"] not in by_name},
         leadership=leadership,
     )

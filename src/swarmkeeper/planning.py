@@ -51,6 +51,7 @@ CONFLICT = "conflict"  # an object swarmkeeper does not own is in the way
 BLOCKED = "blocked"  # a difference this pass cannot fix
 HELD = "held"  # a change deliberately not made: a prune guard, a failed spec
 RECORD_FAILURE = "record-failure"  # label a service whose update the engine undid
+WAITING = "waiting"  # not possible until the engine finishes removing a network
 
 # On a service: the hash of the desired spec whose update the engine rolled
 # back or paused, and when (seconds since the epoch). Kept on the service so
@@ -107,6 +108,11 @@ class Plan:
         """True when the swarm already matches: nothing to do, nothing in the way."""
         return not self.changes
 
+    @property
+    def waiting(self) -> bool:
+        """Some change waits for the engine, not for a person: look again soon."""
+        return any(change.action == WAITING for change in self.changes)
+
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for change in self.changes:
@@ -162,6 +168,8 @@ def make_plan(
                 )
             )
     changes = [_suspended(change, desired) or change for change in changes]
+    if live.leaving_networks:
+        changes = [_waiting_for_network(change, live) or change for change in changes]
     return Plan(changes=tuple(changes), notes=tuple(notes), prune_refused=refused)
 
 
@@ -262,6 +270,33 @@ def _plan_ingress(
     )
 
 
+_LEAVING = (
+    "removed from the swarm, but this node lists it until its last task "
+    "container on it stops; it is created once the engine has let go of it"
+)
+
+
+def _waiting_for_network(change: Change, live: LiveState) -> Change | None:
+    """A service write held back because a network it joins is still leaving."""
+    if change.kind != "service" or not change.writes or change.desired is None:
+        return None
+    attachments = change.desired.spec.get("TaskTemplate", {}).get("Networks") or []
+    for attachment in attachments:
+        target = attachment.get("Target")
+        if target in live.leaving_networks and target not in live.networks:
+            return Change(
+                change.kind,
+                change.name,
+                WAITING,
+                fields=change.fields,
+                reason=f"joins network {target!r}, which the engine is still "
+                "removing; written once it is gone",
+                desired=change.desired,
+                live=change.live,
+            )
+    return None
+
+
 def _plan_networks(
     desired: DesiredState, live: LiveState, options: PlanOptions
 ) -> list[Change]:
@@ -289,6 +324,18 @@ def _plan_networks(
 
         if is_ingress and live.ingress_network != name:
             changes.append(_plan_ingress(network, live, options))
+            continue
+        if current is None and name in live.leaving_networks:
+            changes.append(
+                Change(
+                    "network",
+                    name,
+                    WAITING,
+                    reason=_LEAVING.format(name=name),
+                    desired=network,
+                    live=live.leaving_networks[name],
+                )
+            )
             continue
         if current is None:
             changes.append(Change("network", name, CREATE, desired=network))
@@ -736,6 +783,7 @@ _SYMBOLS = {
     RECREATE: "-/+",
     CONFLICT: "!",
     BLOCKED: "!",
+    WAITING: ".",
 }
 
 

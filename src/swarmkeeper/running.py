@@ -60,6 +60,12 @@ HEALTH_POLL = 5.0
 FILE_SETTLE_MS = 300  # a change to the desired state counts once writes stop
 RETRY_MIN, RETRY_MAX = 0.5, 30.0  # engine outage back-off, seconds
 WRITE_RETRY_MIN = 2.0  # failed writes: first pause, doubling up to RETRY_MAX
+# A plan waiting on the engine (a removed network this node still lists) is
+# looked at again every WAITING_POLL seconds for WAITING_PATIENCE seconds,
+# then after pauses doubling up to RETRY_MAX. The wait is usually a task's
+# stop grace period (10 s by default), and the local network's end sends no
+# event this daemon subscribes to.
+WAITING_POLL, WAITING_PATIENCE = 1.0, 60.0
 # A pass waiting on an engine call is alive while the call is within its
 # deadline; this much past it, the loop counts as stuck (/healthz says so).
 CALL_STALL_MARGIN = 5.0
@@ -98,6 +104,9 @@ class Daemon:
         self.loop_done = asyncio.Event()
         self._retry: asyncio.TimerHandle | None = None
         self._hold_wake: asyncio.TimerHandle | None = None
+        self._waiting_wake: asyncio.TimerHandle | None = None
+        self._waiting_since: float | None = None
+        self._waiting_delay = WAITING_POLL
         self._retry_delay = RETRY_MIN
         self._write_retry_delay = WRITE_RETRY_MIN
         self.ready_sent = False
@@ -201,6 +210,7 @@ class Daemon:
                 self._publish()
                 self._after_pass(result)
                 self._wake_for_holds()
+                self._wake_for_waiting(result)
                 if not self.ready_sent:
                     # systemd's "started" means "has reconciled once": units
                     # ordered after swarmkeeper see a swarm it has looked at.
@@ -246,6 +256,24 @@ class Daemon:
             self._hold_wake.cancel()
         loop = asyncio.get_running_loop()
         self._hold_wake = loop.call_later(release + 0.05, self.trigger, "hold-ended")
+
+    def _wake_for_waiting(self, result: PassResult) -> None:
+        """Look again while the plan waits for the engine to let go of a network."""
+        if self._waiting_wake is not None:
+            self._waiting_wake.cancel()
+            self._waiting_wake = None
+        loop = asyncio.get_running_loop()
+        if result.plan is None or not result.plan.waiting:
+            self._waiting_since = None
+            self._waiting_delay = WAITING_POLL
+            return
+        if self._waiting_since is None:
+            self._waiting_since = loop.time()
+        if loop.time() - self._waiting_since < WAITING_PATIENCE:
+            delay = WAITING_POLL
+        else:
+            delay = self._jittered("_waiting_delay")
+        self._waiting_wake = loop.call_later(delay, self.trigger, "waiting")
 
     def _pass_status(self, outcome: str) -> str:
         """The STATUS= line after a pass: its outcome, our role, the revision."""
@@ -474,7 +502,7 @@ class Daemon:
         except* _Stop:
             pass
         finally:
-            for handle in (self._retry, self._hold_wake):
+            for handle in (self._retry, self._hold_wake, self._waiting_wake):
                 if handle is not None:
                     handle.cancel()
 
