@@ -331,7 +331,7 @@ def _plan_networks(
                     "network",
                     name,
                     WAITING,
-                    reason=_LEAVING.format(name=name),
+                    reason=_LEAVING,
                     desired=network,
                     live=live.leaving_networks[name],
                 )
